@@ -1,0 +1,3 @@
+from hrm_agent.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""Speed benchmarks: `python -m hrm_agent bench {env,model,train} --json`."""

@@ -34,6 +34,31 @@ def _bench(args: argparse.Namespace) -> None:
     _print_result(module.run(quick=args.quick), args.json)
 
 
+def _train(args: argparse.Namespace) -> None:
+    from hrm_agent.experiment import load_profile
+    from hrm_agent.trainer import Trainer
+
+    overrides = list(args.set)
+    if args.carry_z is not None:
+        overrides.append(f"train.carry_z={'true' if args.carry_z else 'false'}")
+    config = load_profile(args.profile, overrides)
+    trainer = Trainer(config, args.out, resume=args.resume, overwrite=args.overwrite)
+    result = trainer.train(progress=not args.no_progress)
+    _print_result(result, args.json)
+
+
+def _evaluate(args: argparse.Namespace) -> None:
+    from hrm_agent.evaluate import evaluate
+    from hrm_agent.trainer import load_agent
+
+    model, config = load_agent(args.checkpoint, device=args.device)
+    carry_z = config.train.carry_z if args.carry_z is None else args.carry_z
+    result = evaluate(model, config.env, carry_z=carry_z, episodes=args.episodes,
+                      seed=args.seed, device=args.device)
+    _print_result({"checkpoint": str(args.checkpoint), "env": config.env.name,
+                   "carry_z": carry_z, **result}, args.json)
+
+
 def _render(args: argparse.Namespace) -> None:
     from hrm_agent.envs.render import save_env_figures
 
@@ -60,6 +85,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("train", help="train HRM-Agent with DQN")
+    p.add_argument("--profile", default="cpu-fourrooms",
+                   help="profile name in hrm_agent/profiles (or a .toml path)")
+    carry = p.add_mutually_exclusive_group()
+    carry.add_argument("--carry-z", dest="carry_z", action="store_true", default=None,
+                       help="carry z through env time (paper: Carry Z)")
+    carry.add_argument("--reset-z", dest="carry_z", action="store_false",
+                       help="start every env step from H_init/L_init (paper: Reset Z)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a profile field, e.g. --set train.lr=3e-4 (repeatable)")
+    p.add_argument("--out", required=True, help="run directory (checkpoint, metrics.jsonl)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--overwrite", action="store_true", help="start afresh in a used OUT")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the final validation as JSON")
+    p.set_defaults(func=_train)
+
+    p = sub.add_parser("evaluate", help="greedy evaluation of a checkpoint")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--episodes", type=int, default=1024)
+    p.add_argument("--seed", type=int, default=12345)
+    p.add_argument("--device", default="cpu")
+    carry = p.add_mutually_exclusive_group()
+    carry.add_argument("--carry-z", dest="carry_z", action="store_true", default=None,
+                       help="evaluate with Carry Z (default: as trained)")
+    carry.add_argument("--reset-z", dest="carry_z", action="store_false",
+                       help="evaluate with Reset Z")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("render", help="write PNG renderings of both environments")
     p.add_argument("--out", default="figures")

@@ -1,0 +1,53 @@
+"""Acting with a HRM Q-network in B parallel envs, chaining z through env time (paper §2.5).
+
+Under Carry Z the last-token z_H, z_L after the 8 segments for s_t seed the model's state for
+s_{t+1}; under Reset Z every env step starts from the fixed H_init / L_init. Envs that start a
+new episode are reset to the init through `episode_start`, the contract recurrent policies use.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import Tensor
+
+from hrm_agent.hrm import HRMQNetwork, Seed
+
+
+def epsilon_greedy(q: Tensor, epsilon: float, generator: torch.Generator | None = None) -> Tensor:
+    """Greedy actions, each replaced by a uniform random one with probability `epsilon` (per env)."""
+    greedy = q.argmax(dim=-1)
+    if epsilon <= 0.0:
+        return greedy
+    explore = torch.rand(q.shape[0], device=q.device, generator=generator) < epsilon
+    random = torch.randint(q.shape[-1], (q.shape[0],), device=q.device, generator=generator)
+    return torch.where(explore, random, greedy)
+
+
+class Step(NamedTuple):
+    actions: Tensor  # (B,) long
+    q: Tensor  # (B, num_actions) float32
+    prev_seed: Seed  # the state s_t was processed from
+    seed: Seed  # the state after processing s_t: the seed of s_{t+1} under Carry Z
+    trace: tuple[Tensor, Tensor] | None  # per-segment last-token (z_H, z_L) when asked for
+
+
+class Agent:
+    """Holds the per-env seed between calls; `act` once per env step."""
+
+    def __init__(self, model: HRMQNetwork, num_envs: int, carry_z: bool):
+        self.model = model
+        self.carry_z = carry_z
+        self.seed = model.init_seed(num_envs)
+
+    @torch.no_grad()
+    def act(self, obs: Tensor, episode_start: Tensor, epsilon: float = 0.0,
+            generator: torch.Generator | None = None, trace: bool = False) -> Step:
+        """Q-values after all segments, and ε-greedy actions, for the observations `obs`."""
+        if self.carry_z:
+            prev_seed = self.model.reset_seed(self.seed, episode_start)
+        else:
+            prev_seed = self.model.init_seed(obs.shape[0])
+        out = self.model(obs, prev_seed, trace=trace)
+        self.seed = out.seed
+        return Step(epsilon_greedy(out.q, epsilon, generator), out.q, prev_seed, out.seed, out.trace)

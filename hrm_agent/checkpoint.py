@@ -1,0 +1,86 @@
+"""Checkpoints: written atomically, read back with errors that say what is wrong.
+
+A checkpoint is a plain dict saved with `torch.save` and loaded with `weights_only=True`, so a
+file from elsewhere cannot run code. It always carries the run's config, which is how a loader
+knows the shapes to build and how a mismatch is caught before any tensor is copied.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+FORMAT = "hrm-agent/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file is missing, corrupt, or does not fit the model it is loaded into."""
+
+
+def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
+    """Write `state` to `path` via a temp file in the same folder and an atomic rename, so a
+    run killed mid-write leaves the previous checkpoint intact."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save({"format": FORMAT, **state}, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location="cpu") -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # truncated file, not a torch file, pickled code...
+        raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: "
+                              f"{str(exc).splitlines()[0][:200]}); is it corrupt or truncated?") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an hrm-agent checkpoint (format {FORMAT!r})")
+    for key in ("config", "model"):
+        if key not in state:
+            raise CheckpointError(f"checkpoint {path} has no {key!r} entry")
+    return state
+
+
+def load_module_state(module: torch.nn.Module, state: dict[str, torch.Tensor], what: str) -> None:
+    """`module.load_state_dict` with a message that lists the mismatching tensors."""
+    own = module.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    shapes = [f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+              for k in own.keys() & state.keys() if own[k].shape != state[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"missing {missing[:5]}")
+        if unexpected:
+            parts.append(f"unexpected {unexpected[:5]}")
+        if shapes:
+            parts.append("shape mismatch " + "; ".join(shapes[:5]))
+        raise CheckpointError(f"{what} does not fit this model: " + ", ".join(parts))
+    module.load_state_dict(state)
+
+
+def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
+    """Human-readable differences between two nested config dicts."""
+    out = []
+    for key in sorted(a.keys() | b.keys()):
+        va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")
+        if isinstance(va, dict) and isinstance(vb, dict):
+            out += config_diff(va, vb, f"{prefix}{key}.")
+        elif va != vb:
+            out.append(f"{prefix}{key}: {va!r} != {vb!r}")
+    return out

@@ -1,0 +1,360 @@
+"""The DQN training loop of HRM-Agent, in the order the authors' code runs it (paper-notes §3.4).
+
+One *cycle*:
+1. collect: every one of the B training envs takes one step (`env_steps_per_batch` times). The
+   model runs for every env every step, so under Carry Z the chain of z through env time never
+   breaks; each transition stores the seed s_t was processed from and the seed for s_{t+1}.
+2. learn (deep supervision): sample one minibatch, compute its targets once with the target net
+   (all segments, no grad), then train it for `segments` consecutive optimizer steps, one
+   segment each, z detached between them. Every optimizer step: lr schedule, AdamATan2 +
+   SignSGD step, Polyak target update, ε schedule.
+Validation, logging and checkpoints happen between cycles, so a checkpoint never holds a
+half-trained minibatch.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hrm_agent.agent import Agent
+from hrm_agent.checkpoint import (CheckpointError, config_diff, load_checkpoint,
+                                  load_module_state, save_checkpoint)
+from hrm_agent.dqn import polyak_update, q_loss, td_target
+from hrm_agent.evaluate import evaluate
+from hrm_agent.experiment import ExperimentConfig, experiment_from_dict
+from hrm_agent.hrm import HRMQNetwork, Seed
+from hrm_agent.optim import make_optimizers
+from hrm_agent.replay import ReplayBuffer
+from hrm_agent.schedules import linear_schedule, warmup_constant
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device='cuda' but no CUDA device is available; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+class Stopwatch:
+    """Wall time per section, to report the share spent outside the model (bench train).
+
+    Off by default: timing a CUDA section needs a synchronize, which would slow training."""
+
+    def __init__(self, device: torch.device, enabled: bool = False):
+        self.device, self.enabled = device, enabled
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str):
+        if not self.enabled:
+            yield
+            return
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        start = time.perf_counter()
+        yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+
+def build_model(config: ExperimentConfig, device: torch.device) -> HRMQNetwork:
+    return HRMQNetwork(config.model).to(device)
+
+
+class Trainer:
+    """Owns everything a run needs; `state_dict()` is exactly what a checkpoint holds."""
+
+    def __init__(self, config: ExperimentConfig, out_dir: str | Path | None = None, *,
+                 resume: bool = False, overwrite: bool = False, timed: bool = False):
+        tc = config.train
+        self.config = config
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.device = resolve_device(tc.device)
+        if tc.num_threads:
+            torch.set_num_threads(tc.num_threads)
+        torch.manual_seed(tc.seed)
+        self.model = build_model(config, self.device)
+        self.target = build_model(config, self.device)  # independently initialised, as the authors
+        if tc.target_init == "copy":
+            self.target.load_state_dict(self.model.state_dict())
+        self.target.requires_grad_(False)
+        self.optimizer, self.task_optimizer = make_optimizers(
+            self.model, lr=tc.lr, weight_decay=tc.weight_decay, betas=(tc.beta1, tc.beta2),
+            task_lr=tc.task_lr, task_weight_decay=tc.task_weight_decay)
+        self.env = config.env.make(device=self.device, seed=tc.seed)
+        self.replay = ReplayBuffer(tc.buffer_capacity, self.device, seed=tc.seed + 1)
+        self.generator = torch.Generator(self.device).manual_seed(tc.seed + 2)  # exploration
+        self.agent = Agent(self.model, self.env.num_envs, tc.carry_z)
+        self.obs = self.env.reset(seed=tc.seed)
+        self.episode_start = torch.ones(self.env.num_envs, dtype=torch.bool, device=self.device)
+        self.global_step = 0  # optimizer steps
+        self.env_steps = 0  # transitions collected
+        self.train_seconds = 0.0
+        self.last_val: dict[str, float] = {}
+        self._window = self._new_window()
+        self.stopwatch = Stopwatch(self.device, enabled=timed)
+        if resume:
+            self._resume()
+        elif self.out_dir is not None:
+            self._claim_out_dir(overwrite)
+
+    # -- schedules --------------------------------------------------------------------------
+    def epsilon(self) -> float:
+        tc = self.config.train
+        return linear_schedule(tc.eps_start, tc.eps_end, tc.eps_decay_steps, self.global_step)
+
+    def lr(self) -> float:
+        tc = self.config.train
+        return warmup_constant(tc.lr, tc.lr_warmup_steps, self.global_step)
+
+    # -- the two halves of a cycle ----------------------------------------------------------
+    @torch.no_grad()
+    def collect(self) -> None:
+        """One step of every training env; the transitions go to the replay buffer."""
+        tc = self.config.train
+        eps = self.epsilon()
+        n = self.env.num_envs
+        fields: dict[str, torch.Tensor] = {"obs": self.obs}
+        with self.stopwatch("model"):
+            if tc.eps_mode == "batch" and float(torch.rand((), device=self.device,
+                                                           generator=self.generator)) < eps:
+                # the authors' Reset Z exploration: the whole batch acts randomly, model skipped
+                actions = torch.randint(self.config.model.num_actions, (n,), device=self.device, generator=self.generator)
+            else:
+                step = self.agent.act(self.obs, self.episode_start,
+                                      0.0 if tc.eps_mode == "batch" else eps, self.generator)
+                actions = step.actions
+                if tc.carry_z:
+                    fields.update(prev_z_H=step.prev_seed.z_H, prev_z_L=step.prev_seed.z_L,
+                                  next_z_H=step.seed.z_H, next_z_L=step.seed.z_L)
+        with self.stopwatch("env"):
+            obs, reward, terminated, truncated, info = self.env.step(actions)
+        with self.stopwatch("replay"):
+            self.replay.add(action=actions.to(torch.uint8), reward=reward, terminated=terminated,
+                            truncated=truncated, next_obs=info["final_obs"], **fields)
+        done = terminated | truncated
+        self.obs, self.episode_start = obs, done
+        self.env_steps += n
+        w = self._window
+        w["episodes"] += done.sum()
+        w["successes"] += (done & info["success"]).sum()
+        w["return"] += torch.where(done, info["episode_return"], 0.0).sum()
+
+    def learn(self) -> None:
+        """Deep supervision on one minibatch: `segments` optimizer steps, one segment each."""
+        tc = self.config.train
+        batch = self.replay.sample(tc.batch_size)
+        b = tc.batch_size
+        with self.stopwatch("model"), torch.no_grad():
+            if tc.carry_z:  # the stored, stale seed of s' (never recomputed), as the authors
+                next_seed = Seed(batch["next_z_H"], batch["next_z_L"])
+            else:
+                next_seed = self.target.init_seed(b)
+            q_next = self.target(batch["next_obs"], next_seed).q
+            y = td_target(batch["reward"], batch["terminated"], q_next, tc.gamma)
+        seed = (Seed(batch["prev_z_H"], batch["prev_z_L"]) if tc.carry_z
+                else self.model.init_seed(b))
+        carry = self.model.carry_from_seed(seed)
+        for _ in range(self.config.model.segments):
+            lr = self.lr()
+            with self.stopwatch("model"):
+                carry, q = self.model.segment(carry, batch["obs"])
+                loss = q_loss(q, batch["action"], y)
+                self.optimizer.zero_grad(set_to_none=True)
+                self.task_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+            with self.stopwatch("optimizer"):
+                for group in self.optimizer.param_groups:
+                    group["lr"] = lr
+                for group in self.task_optimizer.param_groups:  # the same schedule scales it
+                    group["lr"] = tc.task_lr * (lr / tc.lr if tc.lr > 0 else 1.0)
+                self.optimizer.step()
+                self.task_optimizer.step()
+                polyak_update(self.target, self.model, tc.target_decay)
+            self.global_step += 1
+            self._window["loss"] += loss.detach()
+            self._window["updates"] += 1
+
+    # -- the loop ---------------------------------------------------------------------------
+    def train(self, progress: bool = True) -> dict[str, float]:
+        """Run until `total_steps` optimizer steps (or `max_minutes`); return the last validation."""
+        tc = self.config.train
+        bar = None
+        if progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(total=tc.total_steps, initial=self.global_step, unit="step",
+                       dynamic_ncols=True, desc="train")
+        self._write_config()
+        start = time.perf_counter() - self.train_seconds
+        last_log = (time.perf_counter(), self.global_step, self.env_steps)
+        while self.global_step < tc.total_steps:
+            before = self.global_step
+            with self.stopwatch("total"):
+                for _ in range(tc.env_steps_per_batch):
+                    self.collect()
+                if len(self.replay) >= max(tc.learning_starts, 1):
+                    self.learn()
+            self.train_seconds = time.perf_counter() - start
+            if bar is not None:
+                bar.update(self.global_step - before)
+            if self._crossed(before, tc.log_interval):
+                last_log = self._log_train(last_log, bar)
+            if self._crossed(before, tc.val_interval):
+                self.validate()
+                if bar is not None:
+                    bar.set_postfix(success=f"{self.last_val['success_rate']:.2f}", refresh=False)
+            out_of_time = tc.max_minutes > 0 and self.train_seconds >= 60 * tc.max_minutes
+            if self._crossed(before, tc.checkpoint_interval) or out_of_time:
+                self.save()
+            if out_of_time:
+                break
+        if bar is not None:
+            bar.close()
+        if not self.last_val or self.last_val.get("step") != self.global_step:
+            self.validate()
+        self.save()
+        return self.last_val
+
+    def _crossed(self, before: int, interval: int) -> bool:
+        return self.global_step // interval > before // interval
+
+    def validate(self) -> dict[str, float]:
+        tc = self.config.train
+        metrics = evaluate(self.model, self.config.env, carry_z=tc.carry_z,
+                           episodes=tc.val_episodes, seed=tc.val_seed, device=self.device)
+        self.last_val = {"step": self.global_step, **metrics}
+        self._append_metrics({"kind": "val", "env_steps": self.env_steps,
+                              "minutes": self.train_seconds / 60, **self.last_val})
+        return self.last_val
+
+    # -- logging ----------------------------------------------------------------------------
+    def _new_window(self) -> dict[str, Any]:
+        zero = lambda dtype: torch.zeros((), dtype=dtype, device=self.device)  # noqa: E731
+        return {"loss": zero(torch.float32), "updates": 0, "episodes": zero(torch.long),
+                "successes": zero(torch.long), "return": zero(torch.float32)}
+
+    def _log_train(self, last_log, bar) -> tuple[float, int, int]:
+        now = time.perf_counter()
+        t0, step0, env0 = last_log
+        w = self._window
+        episodes = int(w["episodes"])
+        record = {
+            "kind": "train", "step": self.global_step, "env_steps": self.env_steps,
+            "minutes": self.train_seconds / 60,
+            "loss": float(w["loss"]) / max(w["updates"], 1),
+            "epsilon": self.epsilon(), "lr": self.lr(),
+            "train_success_rate": int(w["successes"]) / episodes if episodes else math.nan,
+            "train_mean_return": float(w["return"]) / episodes if episodes else math.nan,
+            "optimizer_steps_per_s": (self.global_step - step0) / (now - t0),
+            "env_steps_per_s": (self.env_steps - env0) / (now - t0),
+        }
+        self._append_metrics(record)
+        self._window = self._new_window()
+        if bar is not None:
+            bar.set_postfix(loss=f"{record['loss']:.4f}", sps=f"{record['optimizer_steps_per_s']:.1f}",
+                            success=f"{self.last_val.get('success_rate', math.nan):.2f}",
+                            refresh=False)
+        return now, self.global_step, self.env_steps
+
+    def _append_metrics(self, record: dict[str, Any]) -> None:
+        if self.out_dir is None:
+            return
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        with (self.out_dir / METRICS).open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _write_config(self) -> None:
+        if self.out_dir is not None:
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+
+    # -- checkpoints ------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        tc = self.config.train
+        return {
+            "config": self.config.to_dict(),
+            "model": self.model.state_dict(),
+            "target": self.target.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "task_optimizer": self.task_optimizer.state_dict(),
+            "replay": self.replay.state_dict(include_data=tc.save_replay),
+            "env": self.env.state_dict(),
+            "obs": self.obs, "episode_start": self.episode_start,
+            "agent_seed": tuple(self.agent.seed),
+            "generator": self.generator.get_state(),
+            "counters": {"global_step": self.global_step, "env_steps": self.env_steps,
+                         "train_seconds": self.train_seconds},
+            "last_val": self.last_val,
+        }
+
+    def save(self) -> Path | None:
+        if self.out_dir is None:
+            return None
+        return save_checkpoint(self.state_dict(), self.out_dir / CHECKPOINT)
+
+    def _resume(self) -> None:
+        if self.out_dir is None:
+            raise ValueError("resume needs an output directory")
+        path = self.out_dir / CHECKPOINT
+        state = load_checkpoint(path, map_location=self.device)
+        diff = config_diff(state["config"], self.config.to_dict())
+        if diff:
+            raise CheckpointError(f"{path} was trained with a different config: " + "; ".join(diff))
+        load_module_state(self.model, state["model"], "checkpoint model")
+        load_module_state(self.target, state["target"], "checkpoint target")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.task_optimizer.load_state_dict(state["task_optimizer"])
+        self.replay.load_state_dict(state["replay"])
+        self.env.load_state_dict(state["env"])
+        self.obs, self.episode_start = state["obs"], state["episode_start"]
+        self.agent.seed = Seed(*state["agent_seed"])
+        self.generator.set_state(state["generator"])
+        counters = state["counters"]
+        self.global_step = counters["global_step"]
+        self.env_steps = counters["env_steps"]
+        self.train_seconds = counters["train_seconds"]
+        self.last_val = state["last_val"]
+        self._truncate_metrics()
+
+    def _claim_out_dir(self, overwrite: bool) -> None:
+        used = [self.out_dir / name for name in (CHECKPOINT, METRICS)
+                if (self.out_dir / name).exists()]
+        if used and not overwrite:
+            raise ValueError(f"{self.out_dir} already holds a run; pass --resume to continue it "
+                             "or --overwrite to start afresh")
+        for path in used:
+            path.unlink()
+
+    def _truncate_metrics(self) -> None:
+        """Drop metric lines written after the checkpoint, so a resumed run has no duplicates."""
+        path = self.out_dir / METRICS
+        if path.is_file():
+            lines = [l for l in path.read_text().splitlines()
+                     if l and json.loads(l)["step"] <= self.global_step]
+            path.write_text("".join(l + "\n" for l in lines))
+
+
+def config_of_checkpoint(state: dict[str, Any]) -> ExperimentConfig:
+    return experiment_from_dict(state["config"])
+
+
+def load_agent(path: str | Path, device="cpu") -> tuple[HRMQNetwork, ExperimentConfig]:
+    """The online network and config of a checkpoint, ready to act (eval mode)."""
+    state = load_checkpoint(path, map_location=device)
+    config = config_of_checkpoint(state)
+    model = build_model(config, torch.device(device))
+    load_module_state(model, state["model"], f"model in {path}")
+    model.eval()
+    return model, config

@@ -1,0 +1,34 @@
+"""The paper's two dynamic-door environments as batched torch tensors (paper-notes §1).
+
+`FourRooms` and `Maze` step B envs in one call; `make_env` builds one by name; the gymnasium
+versions are registered as `hrm_agent/FourRooms-v0` and `hrm_agent/Maze-v0` on import.
+"""
+from __future__ import annotations
+
+from hrm_agent.envs.core import DynamicDoorsEnv
+from hrm_agent.envs.fourrooms import FourRooms
+from hrm_agent.envs.grid import (ACTION_NAMES, AGENT, DOOR, FLOOR, GOAL, OBSTACLE_TOKENS, START,
+                                 WALL_H, WALL_V, is_obstacle)
+from hrm_agent.envs.gym import register_envs
+from hrm_agent.envs.maze import Maze
+from hrm_agent.envs.oracle import (distances, grid_path_lengths, grid_shortest_path,
+                                   oracle_actions, shortest_path_lengths)
+
+ENVS: dict[str, type[DynamicDoorsEnv]] = {"fourrooms": FourRooms, "maze": Maze}
+
+
+def make_env(name: str, num_envs: int = 1, **kwargs) -> DynamicDoorsEnv:
+    """The batched env `name` ("fourrooms" or "maze") with `num_envs` envs; kwargs go to its class."""
+    if name not in ENVS:
+        raise ValueError(f"unknown env {name!r}; choose one of {', '.join(ENVS)}")
+    return ENVS[name](num_envs, **kwargs)
+
+
+register_envs()
+
+__all__ = [
+    "ACTION_NAMES", "AGENT", "DOOR", "ENVS", "FLOOR", "GOAL", "OBSTACLE_TOKENS", "START",
+    "WALL_H", "WALL_V", "DynamicDoorsEnv", "FourRooms", "Maze", "distances",
+    "grid_path_lengths", "grid_shortest_path", "is_obstacle", "make_env", "oracle_actions",
+    "shortest_path_lengths",
+]

@@ -255,8 +255,8 @@ class Trainer:
             "minutes": self.train_seconds / 60,
             "loss": float(w["loss"]) / max(w["updates"], 1),
             "epsilon": self.epsilon(), "lr": self.lr(),
-            "train_success_rate": int(w["successes"]) / episodes if episodes else math.nan,
-            "train_mean_return": float(w["return"]) / episodes if episodes else math.nan,
+            "train_success_rate": int(w["successes"]) / episodes if episodes else None,
+            "train_mean_return": float(w["return"]) / episodes if episodes else None,
             "optimizer_steps_per_s": (self.global_step - step0) / (now - t0),
             "env_steps_per_s": (self.env_steps - env0) / (now - t0),
         }

@@ -1,0 +1,228 @@
+"""The HRM Q-network of HRM-Agent (paper-notes §2).
+
+A Hierarchical Reasoning Model reads the token grid (plus one prepended task token) and refines
+two recurrent states, z_H (slow, high level) and z_L (fast, low level). One *segment* runs
+H_cycles × L_cycles updates: L updates as z_L ← L(z_L + z_H + x), an H update z_H ← H(z_H + z_L)
+after every L_cycles of them; only the last L and the last H update carry gradient (HRM's
+1-step gradient). Acting runs `segments` (8) segments without gradient; Q(s, ·) is the first
+`num_actions` outputs of the output layer on z_H at the last observation token.
+
+Between env steps the state is summarised by a `Seed`: under the paper's Carry Z, the last-token
+z_H, z_L of the previous step (broadcast to every position as the next initial state); under
+Reset Z, the fixed buffers H_init, L_init. `carry="full"` (beyond the paper) keeps every token's
+state instead.
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Literal, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from hrm_agent.config import require
+from hrm_agent.layers import BACKENDS, ReasoningModule, RotaryEmbedding, lecun_linear, select_backend, trunc_normal_
+
+VOCAB_SIZE = 131  # paper-notes §1.5: the ASCII codes the observations use, 0..130
+
+
+@dataclass(frozen=True)
+class HRMConfig:
+    """The architecture. Defaults are the paper's (paper-notes §2.1), 541,186 parameters."""
+
+    seq_len: int  # observation tokens: 121 (four-rooms) or 143 (maze); set from the env
+    vocab_size: int = VOCAB_SIZE
+    num_actions: int = 4
+    hidden_size: int = 64
+    num_heads: int = 2
+    H_layers: int = 4
+    L_layers: int = 4
+    H_cycles: int = 2
+    L_cycles: int = 2
+    expansion: float = 4.0
+    segments: int = 8  # HRM's halt_max_steps with ACT disabled: segments per forward
+    rope_theta: float = 10_000.0
+    task_token: bool = True  # the prepended puzzle embedding (a single zero-init 64-d token)
+    carry: Literal["last_token", "full"] = "last_token"  # what a Seed holds (paper: last token)
+    attn_backend: Literal["auto", "flash", "sdpa", "math"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    compile: bool = False  # torch.compile the segment
+
+    def __post_init__(self):
+        for name in ["seq_len", "vocab_size", "num_actions", "hidden_size", "num_heads",
+                     "H_layers", "L_layers", "H_cycles", "L_cycles", "segments"]:
+            value = getattr(self, name)
+            require(value >= 1, f"model.{name} must be >= 1, got {value}")
+        require(self.num_actions <= self.vocab_size,
+                f"model.num_actions={self.num_actions} exceeds the output width {self.vocab_size}")
+        require(self.hidden_size % self.num_heads == 0,
+                f"model.hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
+        require((self.hidden_size // self.num_heads) % 2 == 0,
+                "model.hidden_size / num_heads must be even for RoPE")
+        require(self.expansion > 0, f"model.expansion must be > 0, got {self.expansion}")
+        require(self.attn_backend in BACKENDS, f"model.attn_backend={self.attn_backend!r} unknown")
+
+    @property
+    def positions(self) -> int:
+        return self.seq_len + int(self.task_token)
+
+
+class Seed(NamedTuple):
+    """Initial z_H, z_L for one env step: (B, D) under last-token carry, (B, positions, D) full."""
+
+    z_H: Tensor
+    z_L: Tensor
+
+
+class Carry(NamedTuple):
+    """The full recurrent state between segments, (B, positions, D) each."""
+
+    z_H: Tensor
+    z_L: Tensor
+
+
+class QOutput(NamedTuple):
+    q: Tensor  # (B, num_actions), float32
+    seed: Seed  # the state after the last segment, detached: the next step's seed under Carry Z
+    trace: tuple[Tensor, Tensor] | None  # last-token (z_H, z_L) after segments 0..n, (n+1, B, D)
+
+
+class HRMQNetwork(nn.Module):
+    def __init__(self, config: HRMConfig):
+        super().__init__()
+        c = self.config = config
+        d = c.hidden_size
+        self.embed_scale = math.sqrt(d)
+        self.embed_tokens = nn.Embedding(c.vocab_size, d)
+        with torch.no_grad():
+            trunc_normal_(self.embed_tokens.weight, 1.0 / self.embed_scale)
+        # The task (puzzle) embedding: trained by SignSGD, not counted among the parameters,
+        # as in the authors' code where it is a sparse-embedding buffer.
+        self.task_embedding = nn.Parameter(torch.zeros(d)) if c.task_token else None
+        self.rope = RotaryEmbedding(d // c.num_heads, c.positions, c.rope_theta)
+        self.H_level = ReasoningModule(c.H_layers, d, c.num_heads, c.expansion, c.attn_backend)
+        self.L_level = ReasoningModule(c.L_layers, d, c.num_heads, c.expansion, c.attn_backend)
+        self.lm_head = lecun_linear(d, c.vocab_size)
+        # HRM's halting head: kept (unused, ACT is off) so the parameter count is the paper's.
+        self.q_head = nn.Linear(d, 2, bias=True)
+        with torch.no_grad():
+            self.q_head.weight.zero_()
+            self.q_head.bias.fill_(-5.0)
+        self.register_buffer("H_init", trunc_normal_(torch.empty(d), 1.0))
+        self.register_buffer("L_init", trunc_normal_(torch.empty(d), 1.0))
+        self._segment_fn = torch.compile(self._segment) if c.compile else self._segment
+
+    # -- bookkeeping --------------------------------------------------------------------------
+    def num_parameters(self) -> int:
+        """Trainable parameters as the paper counts them (task embedding excluded)."""
+        return sum(p.numel() for name, p in self.named_parameters() if name != "task_embedding")
+
+    def compute_dtype(self, device: torch.device | None = None) -> torch.dtype:
+        device = device or self.H_init.device
+        if self.config.dtype == "auto":
+            return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return getattr(torch, self.config.dtype)
+
+    def attention_backend(self) -> str:
+        """The kernel attention uses on this model's device and dtype."""
+        probe = torch.empty(0, device=self.H_init.device, dtype=self.compute_dtype())
+        return select_backend(self.config.attn_backend, probe)
+
+    def extra_repr(self) -> str:
+        c = self.config
+        return (f"seq_len={c.seq_len}, H_cycles={c.H_cycles}, L_cycles={c.L_cycles}, "
+                f"segments={c.segments}, carry={c.carry}, attention={c.attn_backend}->"
+                f"{self.attention_backend()}, dtype={self.compute_dtype()}, "
+                f"parameters={self.num_parameters():,}")
+
+    # -- seeds and carries --------------------------------------------------------------------
+    def init_seed(self, batch_size: int) -> Seed:
+        """The fixed initial state (Reset Z, and Carry Z at episode starts)."""
+        if self.config.carry == "full":
+            shape = (batch_size, self.config.positions, -1)
+            return Seed(self.H_init.expand(shape), self.L_init.expand(shape))
+        return Seed(self.H_init.expand(batch_size, -1), self.L_init.expand(batch_size, -1))
+
+    def reset_seed(self, seed: Seed, episode_start: Tensor) -> Seed:
+        """`seed` with the envs flagged by `episode_start` (bool, (B,)) set back to the init."""
+        init = self.init_seed(episode_start.shape[0])
+        mask = episode_start.view(-1, *[1] * (seed.z_H.dim() - 1))
+        return Seed(torch.where(mask, init.z_H, seed.z_H), torch.where(mask, init.z_L, seed.z_L))
+
+    def carry_from_seed(self, seed: Seed) -> Carry:
+        """Broadcast a seed to every position (a full-carry seed already is one)."""
+        if seed.z_H.dim() == 3:
+            return Carry(seed.z_H, seed.z_L)
+        shape = (seed.z_H.shape[0], self.config.positions, seed.z_H.shape[-1])
+        return Carry(seed.z_H[:, None].expand(shape), seed.z_L[:, None].expand(shape))
+
+    def seed_from_carry(self, carry: Carry) -> Seed:
+        if self.config.carry == "full":
+            return Seed(carry.z_H.detach(), carry.z_L.detach())
+        return Seed(carry.z_H[:, -1].detach(), carry.z_L[:, -1].detach())
+
+    # -- the network --------------------------------------------------------------------------
+    def embed(self, inputs: Tensor) -> Tensor:
+        """Token embeddings (task token first), scaled by sqrt(hidden)."""
+        if inputs.dim() != 2 or inputs.shape[1] != self.config.seq_len:
+            raise ValueError(f"expected observations of shape (B, {self.config.seq_len}), "
+                             f"got {tuple(inputs.shape)}")
+        x = self.embed_tokens(inputs.long())
+        if self.task_embedding is not None:
+            task = self.task_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+            x = torch.cat((task, x), dim=1)
+        return self.embed_scale * x
+
+    def _segment(self, z_H: Tensor, z_L: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One segment from (z_H, z_L) on embedded input x; only the last L and H updates
+        are differentiable. Returns the new z_H, z_L and Q."""
+        c = self.config
+        with torch.no_grad():
+            for h in range(c.H_cycles):
+                for l in range(c.L_cycles):
+                    if h < c.H_cycles - 1 or l < c.L_cycles - 1:
+                        z_L = self.L_level(z_L, z_H + x, self.rope)
+                if h < c.H_cycles - 1:
+                    z_H = self.H_level(z_H, z_L, self.rope)
+        z_L = self.L_level(z_L, z_H + x, self.rope)
+        z_H = self.H_level(z_H, z_L, self.rope)
+        # Only the first num_actions rows of the 131-wide output layer are ever read.
+        q = torch.nn.functional.linear(z_H[:, -1], self.lm_head.weight[: c.num_actions])
+        return z_H, z_L, q
+
+    def _autocast(self, device: torch.device):
+        dtype = self.compute_dtype(device)
+        if dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(device.type, dtype=dtype)
+
+    def segment(self, carry: Carry, inputs: Tensor, x: Tensor | None = None) -> tuple[Carry, Tensor]:
+        """One differentiable segment (training). Returns the detached new carry and Q (B, A)."""
+        with self._autocast(inputs.device):
+            if x is None:
+                x = self.embed(inputs)
+            dtype = x.dtype
+            z_H, z_L, q = self._segment_fn(carry.z_H.to(dtype), carry.z_L.to(dtype), x)
+        return Carry(z_H.detach(), z_L.detach()), q.float()
+
+    def forward(self, inputs: Tensor, seed: Seed, *, segments: int | None = None,
+                trace: bool = False) -> QOutput:
+        """Run `segments` (default: config) segments from `seed`; Q after the last one."""
+        n = self.config.segments if segments is None else segments
+        if n < 1:
+            raise ValueError(f"segments must be >= 1, got {n}")
+        with self._autocast(inputs.device):
+            x = self.embed(inputs)
+        carry = self.carry_from_seed(seed)
+        states = [(carry.z_H[:, -1], carry.z_L[:, -1])] if trace else None
+        for _ in range(n):
+            carry, q = self.segment(carry, inputs, x)
+            if states is not None:
+                states.append((carry.z_H[:, -1], carry.z_L[:, -1]))
+        traced = None
+        if states is not None:
+            traced = (torch.stack([s[0] for s in states]).float(),
+                      torch.stack([s[1] for s in states]).float())
+        return QOutput(q, self.seed_from_carry(carry), traced)

@@ -1,0 +1,160 @@
+"""The transformer blocks HRM is made of (paper-notes §2.1): post-norm, RMSNorm without a scale,
+RoPE self-attention, SwiGLU, no biases, truncated LeCun-normal init.
+
+Attention picks its kernel at call time, because the same module may run on a CPU in a test
+and on a GPU in training: flash-attn for CUDA fp16/bf16 tensors when installed, else PyTorch's
+`scaled_dot_product_attention`, else the explicit math it stands for.
+"""
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+BACKENDS = ("auto", "flash", "sdpa", "math")
+# The std of a standard normal truncated to [-2, 2]; dividing by it makes the truncated init
+# have exactly the requested std (as JAX's and the HRM reference's initialisers do).
+_TRUNC_STD = 0.8796256610342398
+
+
+def trunc_normal_(tensor: Tensor, std: float) -> Tensor:
+    """Normal(0, std) truncated at two standard deviations, rescaled to keep `std`."""
+    c = std / _TRUNC_STD
+    return nn.init.trunc_normal_(tensor, mean=0.0, std=c, a=-2 * c, b=2 * c)
+
+
+def lecun_linear(in_features: int, out_features: int) -> nn.Linear:
+    """A bias-free Linear with LeCun init, std 1/sqrt(fan_in)."""
+    layer = nn.Linear(in_features, out_features, bias=False)
+    with torch.no_grad():
+        trunc_normal_(layer.weight, 1.0 / math.sqrt(in_features))
+    return layer
+
+
+def rms_norm(x: Tensor, eps: float = 1e-5) -> Tensor:
+    """RMSNorm without a learnable scale, computed in fp32 whatever the activation dtype."""
+    x32 = x.float()
+    return (x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + eps)).to(x.dtype)
+
+
+def flash_attn_available() -> bool:
+    return importlib.util.find_spec("flash_attn") is not None
+
+
+def select_backend(requested: str, x: Tensor) -> str:
+    """The kernel `requested` resolves to for tensor `x` ('auto' prefers flash, then SDPA)."""
+    if requested not in BACKENDS:
+        raise ValueError(f"attention backend {requested!r} is not one of {', '.join(BACKENDS)}")
+    flash_ok = (x.is_cuda and x.dtype in (torch.float16, torch.bfloat16)
+                and flash_attn_available())
+    if requested == "flash" and not flash_ok:
+        raise RuntimeError("attn_backend='flash' needs flash-attn installed and CUDA fp16/bf16 "
+                           f"tensors (got {x.device.type} {x.dtype}); use 'auto'")
+    if requested == "auto":
+        return "flash" if flash_ok else "sdpa"
+    return requested
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE tables (theta = 10000) for a fixed number of positions; not part of the state dict."""
+
+    def __init__(self, head_dim: int, positions: int, theta: float):
+        super().__init__()
+        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
+        freqs = torch.outer(torch.arange(positions, dtype=torch.float32), inv_freq)
+        angles = torch.cat((freqs, freqs), dim=-1)  # (positions, head_dim)
+        self.register_buffer("cos", angles.cos(), persistent=False)
+        self.register_buffer("sin", angles.sin(), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Rotate `x` (B, S, heads, head_dim) by its positions."""
+        half = x.shape[-1] // 2
+        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        cos, sin = self.cos[:, None, :].to(x.dtype), self.sin[:, None, :].to(x.dtype)
+        return x * cos + rotated * sin
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, backend: str) -> Tensor:
+    """Full (non-causal) attention on (B, S, heads, head_dim) tensors, same layout out."""
+    if backend == "flash":
+        from flash_attn import flash_attn_func  # imported only where it can run
+
+        out = flash_attn_func(q, k, v, causal=False)
+        return out[0] if isinstance(out, tuple) else out
+    q, k, v = (t.transpose(1, 2) for t in (q, k, v))  # SDPA and math take (B, heads, S, hd)
+    if backend == "sdpa":
+        out = F.scaled_dot_product_attention(q, k, v)
+    else:
+        scores = (q @ k.transpose(-2, -1)) / math.sqrt(q.shape[-1])
+        out = scores.float().softmax(dim=-1).to(v.dtype) @ v
+    return out.transpose(1, 2)
+
+
+class Attention(nn.Module):
+    def __init__(self, hidden_size: int, num_heads: int, backend: str):
+        super().__init__()
+        if hidden_size % num_heads:
+            raise ValueError(f"hidden_size {hidden_size} is not divisible by num_heads {num_heads}")
+        self.num_heads, self.head_dim = num_heads, hidden_size // num_heads
+        self.backend = backend
+        self.qkv_proj = lecun_linear(hidden_size, 3 * hidden_size)
+        self.o_proj = lecun_linear(hidden_size, hidden_size)
+
+    def forward(self, x: Tensor, rope: RotaryEmbedding) -> Tensor:
+        b, s, d = x.shape
+        q, k, v = self.qkv_proj(x).view(b, s, 3, self.num_heads, self.head_dim).unbind(2)
+        out = attention(rope(q), rope(k), v, select_backend(self.backend, x))
+        return self.o_proj(out.reshape(b, s, d))
+
+    def extra_repr(self) -> str:
+        return f"heads={self.num_heads}, backend={self.backend}"
+
+
+def swiglu_width(hidden_size: int, expansion: float) -> int:
+    """round(expansion·hidden·2/3) rounded up to a multiple of 256, as HRM (64 -> 256)."""
+    width = round(expansion * hidden_size * 2 / 3)
+    return -(-width // 256) * 256
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, hidden_size: int, expansion: float):
+        super().__init__()
+        width = swiglu_width(hidden_size, expansion)
+        self.gate_up_proj = lecun_linear(hidden_size, 2 * width)
+        self.down_proj = lecun_linear(width, hidden_size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        return self.down_proj(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    """Post-norm transformer block: x = rms(x + Attn(x)); x = rms(x + SwiGLU(x))."""
+
+    def __init__(self, hidden_size: int, num_heads: int, expansion: float, backend: str):
+        super().__init__()
+        self.self_attn = Attention(hidden_size, num_heads, backend)
+        self.mlp = SwiGLU(hidden_size, expansion)
+
+    def forward(self, x: Tensor, rope: RotaryEmbedding) -> Tensor:
+        x = rms_norm(x + self.self_attn(x, rope))
+        return rms_norm(x + self.mlp(x))
+
+
+class ReasoningModule(nn.Module):
+    """H or L: a stack of blocks applied to `z + injection` (HRM's input injection by sum)."""
+
+    def __init__(self, num_layers: int, hidden_size: int, num_heads: int, expansion: float,
+                 backend: str):
+        super().__init__()
+        self.layers = nn.ModuleList(Block(hidden_size, num_heads, expansion, backend)
+                                    for _ in range(num_layers))
+
+    def forward(self, z: Tensor, injection: Tensor, rope: RotaryEmbedding) -> Tensor:
+        z = z + injection
+        for layer in self.layers:
+            z = layer(z, rope)
+        return z

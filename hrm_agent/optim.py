@@ -1,0 +1,93 @@
+"""The authors' optimizers in pure PyTorch, so the paper profile runs anywhere (paper-notes §3).
+
+- AdamATan2 (Everett et al. 2024; the `adam-atan2` package HRM uses is a CUDA-only extension):
+  Adam with the division m/(sqrt(v)+eps) replaced by atan2(m, sqrt(v)), which is bounded and
+  needs no epsilon. Per step, with bias corrections bc1 = 1-beta1^t, bc2 = 1-beta2^t:
+      m <- beta1 m + (1-beta1) g;   v <- beta2 v + (1-beta2) g^2
+      p <- p (1 - lr wd) - (lr / bc1) atan2(m, sqrt(v) / sqrt(bc2))
+- SignSGD for the task (puzzle) embedding, as HRM's sparse embedding optimizer:
+      p <- p (1 - lr wd) - lr sign(g)
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+class AdamATan2(torch.optim.Optimizer):
+    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+                 weight_decay: float = 1e-2):
+        if lr < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
+            raise ValueError(f"invalid AdamATan2 settings lr={lr}, betas={betas}, "
+                             f"weight_decay={weight_decay}")
+        super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            beta1, beta2 = group["betas"]
+            lr, wd = group["lr"], group["weight_decay"]
+            for p in params:
+                state = self.state[p]
+                if not state:
+                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+                    state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            states = [self.state[p] for p in params]
+            grads = [p.grad for p in params]
+            m = [s["exp_avg"] for s in states]
+            v = [s["exp_avg_sq"] for s in states]
+            for s in states:
+                s["step"] += 1
+            t = float(states[0]["step"])
+            torch._foreach_lerp_(m, grads, 1 - beta1)
+            torch._foreach_mul_(v, beta2)
+            torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
+            if wd:
+                torch._foreach_mul_(params, 1 - lr * wd)
+            bc1, bc2 = 1 - beta1**t, 1 - beta2**t
+            denom = torch._foreach_sqrt(v)
+            torch._foreach_div_(denom, bc2**0.5)
+            for p, m_i, d_i in zip(params, m, denom):
+                p.add_(torch.atan2(m_i, d_i), alpha=-lr / bc1)
+        return loss
+
+
+class SignSGD(torch.optim.Optimizer):
+    def __init__(self, params, lr: float = 1e-2, weight_decay: float = 0.1):
+        if lr < 0 or weight_decay < 0:
+            raise ValueError(f"invalid SignSGD settings lr={lr}, weight_decay={weight_decay}")
+        super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                p.mul_(1 - group["lr"] * group["weight_decay"])
+                p.add_(p.grad.sign(), alpha=-group["lr"])
+        return loss
+
+
+def make_optimizers(model: nn.Module, *, lr: float, weight_decay: float,
+                    betas: tuple[float, float], task_lr: float, task_weight_decay: float
+                    ) -> tuple[AdamATan2, SignSGD]:
+    """AdamATan2 over the network, SignSGD over the task embedding (empty if there is none)."""
+    task: list[Tensor] = []
+    rest: list[Tensor] = []
+    for name, p in model.named_parameters():
+        (task if name == "task_embedding" else rest).append(p)
+    return (AdamATan2(rest, lr=lr, betas=betas, weight_decay=weight_decay),
+            SignSGD([{"params": task}], lr=task_lr, weight_decay=task_weight_decay))

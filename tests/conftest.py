@@ -1,0 +1,23 @@
+import pytest
+import torch
+
+from hrm_agent.experiment import load_profile
+
+TINY = [
+    "model.hidden_size=32", "model.num_heads=2", "model.H_layers=1", "model.L_layers=1",
+    "model.H_cycles=1", "model.L_cycles=2", "model.segments=2",
+    "env.num_envs=8", "train.batch_size=16", "train.buffer_capacity=4096",
+    "train.learning_starts=16", "train.val_episodes=16", "train.device='cpu'",
+    "train.lr=1e-3", "train.lr_warmup_steps=10", "train.eps_decay_steps=100",
+    "train.log_interval=4", "train.val_interval=8", "train.checkpoint_interval=8",
+]
+
+
+def tiny_config(*overrides: str, profile: str = "paper-fourrooms"):
+    """A model and run small enough to train for a few steps in a test."""
+    return load_profile(profile, [*TINY, *overrides])
+
+
+@pytest.fixture(autouse=True)
+def _seed_everything():
+    torch.manual_seed(0)

@@ -1,0 +1,167 @@
+import json
+
+import pytest
+import torch
+
+from hrm_agent.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from hrm_agent.trainer import CHECKPOINT, METRICS, Trainer, load_agent
+from tests.conftest import tiny_config
+
+
+def _replay(trainer):
+    s = trainer.replay.storage
+    return {k: v[: len(trainer.replay)] for k, v in s.items()}
+
+
+def test_carry_z_replay_chains_seeds_through_env_time_and_resets_at_episode_starts():
+    trainer = Trainer(tiny_config("env.max_steps=5", "train.learning_starts=10000"))
+    n = trainer.env.num_envs
+    for _ in range(12):  # episodes of <= 5 steps: several boundaries per env
+        trainer.collect()
+    r = _replay(trainer)
+    init = trainer.model.init_seed(n)
+    steps = len(trainer.replay) // n
+    done = (r["terminated"] | r["truncated"]).view(steps, n)
+    for name in ("z_H", "z_L"):
+        prev, nxt = r[f"prev_{name}"].view(steps, n, -1), r[f"next_{name}"].view(steps, n, -1)
+        init_v = getattr(init, name)
+        assert torch.equal(prev[0], init_v)  # the first step of every env starts from the init
+        for t in range(1, steps):
+            expected = torch.where(done[t - 1, :, None], init_v, nxt[t - 1])
+            assert torch.equal(prev[t], expected), f"{name} chain broken at t={t}"
+    assert done.any(), "the test needs episode boundaries"
+    # the chain carries information: a seed differs from the init once an env has acted
+    assert not torch.equal(r["next_z_H"][0], init.z_H[0])
+
+
+def test_reset_z_stores_no_seeds():
+    trainer = Trainer(tiny_config("train.carry_z=false", "train.learning_starts=10000"))
+    trainer.collect()
+    assert set(trainer.replay.storage) == {"obs", "action", "reward", "terminated", "truncated",
+                                           "next_obs"}
+
+
+def test_next_obs_is_the_true_final_observation_not_the_reset_one():
+    trainer = Trainer(tiny_config("env.max_steps=3", "train.learning_starts=10000"))
+    for _ in range(3):
+        trainer.collect()
+    r = _replay(trainer)
+    n = trainer.env.num_envs
+    last = slice(2 * n, 3 * n)  # every env truncates at its third step
+    assert r["truncated"][last].all()
+    assert not torch.equal(r["next_obs"][last], trainer.obs)  # trainer.obs is the reset one
+
+
+def _params(trainer):
+    return torch.cat([p.detach().flatten() for p in trainer.model.parameters()])
+
+
+class Killed(Exception):
+    pass
+
+
+def test_resume_after_a_kill_reproduces_the_uninterrupted_run_exactly(tmp_path, monkeypatch):
+    cfg = tiny_config("train.total_steps=16", "train.save_replay=true")
+    full = Trainer(cfg, tmp_path / "full")
+    full.train(progress=False)
+
+    # kill a second run at step 12, after its checkpoint at step 8 and before the next one
+    learn = Trainer.learn
+
+    def learn_then_die(self):
+        learn(self)
+        if self.global_step >= 12:
+            raise Killed
+
+    monkeypatch.setattr(Trainer, "learn", learn_then_die)
+    with pytest.raises(Killed):
+        Trainer(cfg, tmp_path / "part").train(progress=False)
+    monkeypatch.setattr(Trainer, "learn", learn)
+
+    resumed = Trainer(cfg, tmp_path / "part", resume=True)
+    assert resumed.global_step == 8
+    resumed.train(progress=False)
+    assert resumed.global_step == full.global_step == 16
+    assert torch.equal(_params(resumed), _params(full))
+    assert torch.equal(resumed.obs, full.obs)
+
+    def rows(path):  # everything but wall-clock figures must match line for line
+        out = []
+        for line in (path / METRICS).read_text().splitlines():
+            row = json.loads(line)
+            out.append({k: v for k, v in row.items() if "minutes" not in k and "_per_s" not in k})
+        return out
+
+    assert rows(tmp_path / "part") == rows(tmp_path / "full")
+
+
+def test_training_updates_the_online_net_and_polyak_moves_the_target(tmp_path):
+    trainer = Trainer(tiny_config("train.total_steps=8", "train.target_init='copy'"), tmp_path)
+    before = _params(trainer)
+    target_before = torch.cat([p.flatten() for p in trainer.target.parameters()])
+    trainer.train(progress=False)
+    after = _params(trainer)
+    target_after = torch.cat([p.flatten() for p in trainer.target.parameters()])
+    assert not torch.equal(before, after)
+    assert not torch.equal(target_before, target_after)
+    # Polyak with decay 0.999 keeps the target close to where it started
+    assert (target_after - target_before).abs().max() < (after - before).abs().max()
+    rows = [json.loads(l) for l in (tmp_path / METRICS).read_text().splitlines()]
+    assert {r["kind"] for r in rows} == {"train", "val"}
+    assert all(0.0 <= r["success_rate"] <= 1.0 for r in rows if r["kind"] == "val")
+
+
+def test_out_dir_is_not_silently_reused(tmp_path):
+    cfg = tiny_config("train.total_steps=2")
+    Trainer(cfg, tmp_path).train(progress=False)
+    with pytest.raises(ValueError, match="already holds a run"):
+        Trainer(cfg, tmp_path)
+    Trainer(cfg, tmp_path, overwrite=True)
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
+    Trainer(tiny_config("train.total_steps=2"), tmp_path).train(progress=False)
+    with pytest.raises(CheckpointError, match=r"different config: .*train.lr: 0.001 != 0.002"):
+        Trainer(tiny_config("train.total_steps=2", "train.lr=2e-3"), tmp_path, resume=True)
+
+
+def test_corrupt_truncated_and_foreign_checkpoints_give_clear_errors(tmp_path):
+    Trainer(tiny_config("train.total_steps=2"), tmp_path).train(progress=False)
+    path = tmp_path / CHECKPOINT
+    data = path.read_bytes()
+    (tmp_path / "truncated.pt").write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="corrupt or truncated"):
+        load_checkpoint(tmp_path / "truncated.pt")
+    (tmp_path / "text.pt").write_text("hello")
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        load_checkpoint(tmp_path / "text.pt")
+    torch.save({"weights": torch.zeros(2)}, tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="not an hrm-agent checkpoint"):
+        load_checkpoint(tmp_path / "foreign.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_a_checkpoint_whose_tensors_do_not_fit_its_config_is_refused(tmp_path):
+    Trainer(tiny_config("train.total_steps=2"), tmp_path).train(progress=False)
+    state = load_checkpoint(tmp_path / CHECKPOINT)
+    state["config"]["model"]["hidden_size"] = 64  # config says 64, tensors are 32 wide
+    del state["format"]
+    save_checkpoint(state, tmp_path / "bad.pt")
+    with pytest.raises(CheckpointError, match="shape mismatch"):
+        load_agent(tmp_path / "bad.pt")
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    path = save_checkpoint({"config": {}, "model": {}}, tmp_path / "c.pt")
+    good = path.read_bytes()
+
+    def exploding_save(obj, f):
+        f.write(b"partial")
+        raise KeyboardInterrupt  # killed mid-write
+
+    monkeypatch.setattr(torch, "save", exploding_save)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint({"config": {}, "model": {}}, path)
+    assert path.read_bytes() == good
+    assert list(tmp_path.iterdir()) == [path]  # no temp file left behind

@@ -35,15 +35,11 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def _train(args: argparse.Namespace) -> None:
-    from hrm_agent.experiment import load_profile
-    from hrm_agent.trainer import Trainer
+    from hrm_agent.trainer import run_training
 
-    overrides = list(args.set)
-    if args.carry_z is not None:
-        overrides.append(f"train.carry_z={'true' if args.carry_z else 'false'}")
-    config = load_profile(args.profile, overrides)
-    trainer = Trainer(config, args.out, resume=args.resume, overwrite=args.overwrite)
-    result = trainer.train(progress=not args.no_progress)
+    result = run_training(args.profile, args.out, carry_z=args.carry_z, overrides=args.set,
+                          resume=args.resume, overwrite=args.overwrite,
+                          progress=not args.no_progress)
     _print_result(result, args.json)
 
 
@@ -57,6 +53,12 @@ def _evaluate(args: argparse.Namespace) -> None:
                       seed=args.seed, device=args.device)
     _print_result({"checkpoint": str(args.checkpoint), "env": config.env.name,
                    "carry_z": carry_z, **result}, args.json)
+
+
+def _export(args: argparse.Namespace) -> None:
+    from hrm_agent.trainer import export_agent
+
+    print(export_agent(args.checkpoint, args.out))
 
 
 def _render(args: argparse.Namespace) -> None:
@@ -115,6 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="evaluate with Reset Z")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_evaluate)
+
+    p = sub.add_parser("export", help="strip a checkpoint to the online net + config (for sharing)")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=_export)
 
     p = sub.add_parser("render", help="write PNG renderings of both environments")
     p.add_argument("--out", default="figures")

@@ -12,6 +12,7 @@ One fresh episode per env, ε = 0, at most `max_steps` steps. Metrics:
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -107,3 +108,44 @@ def mean_ci(values: np.ndarray, z: float = 1.96) -> tuple[float, float]:
     """Normal-approximation interval for a mean."""
     half = z * values.std(ddof=1) / np.sqrt(values.size)
     return float(values.mean() - half), float(values.mean() + half)
+
+
+MODES = {"Carry Z": True, "Reset Z": False}
+
+
+def find_agents(directory: str | Path, env: str) -> dict[str, Path]:
+    """The exported agents `<directory>/<env>-<name>/agent.pt`, by name; an error if none."""
+    paths = sorted(Path(directory).glob(f"{env}-*/agent.pt"))
+    if not paths:
+        raise FileNotFoundError(f"no {env} agents in {directory!r} (expected {env}-*/agent.pt); "
+                                "train some with `make pretrained` or pass a checkpoint path")
+    return {path.parent.name: path for path in paths}
+
+
+def compare_agents(checkpoints: dict[str, str | Path], *, episodes: int, seed: int,
+                   device="cpu", record: bool = False) -> dict[str, Episodes]:
+    """Each checkpoint evaluated in both eval modes (Carry Z, Reset Z) on the same episodes."""
+    from hrm_agent.trainer import load_agent  # trainer imports this module
+
+    results = {}
+    for label, path in checkpoints.items():
+        model, config = load_agent(path, device)
+        for mode, carry_z in MODES.items():
+            env = config.env.make(episodes, device=device, seed=seed)
+            results[f"{label} | eval {mode}"] = run_episodes(model, env, carry_z=carry_z,
+                                                             seed=seed, record=record)
+    return results
+
+
+def summary_table(results: dict[str, Episodes]) -> str:
+    """A fixed-width table of the metrics with 95% intervals, one row per result."""
+    width = max(len(label) for label in results)
+    lines = [f"{'agent | eval mode':<{width}}  {'success [95% CI]':>22}  {'length':>6}  "
+             f"{'return':>7}  {'len/BFS':>7}  {'N':>5}"]
+    for label, episodes in results.items():
+        m = episodes.metrics()
+        lo, hi = proportion_ci(episodes.success)
+        lines.append(f"{label:<{width}}  {m['success_rate']:>6.3f} [{lo:.3f}, {hi:.3f}]  "
+                     f"{m['mean_episode_length']:>6.2f}  {m['mean_return']:>7.3f}  "
+                     f"{m['mean_optimality_ratio']:>7.3f}  {m['episodes']:>5}")
+    return "\n".join(lines)

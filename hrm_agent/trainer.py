@@ -27,7 +27,7 @@ from hrm_agent.checkpoint import (CheckpointError, config_diff, load_checkpoint,
                                   load_module_state, save_checkpoint)
 from hrm_agent.dqn import polyak_update, q_loss, td_target
 from hrm_agent.evaluate import evaluate
-from hrm_agent.experiment import ExperimentConfig, experiment_from_dict
+from hrm_agent.experiment import ExperimentConfig, experiment_from_dict, load_profile
 from hrm_agent.hrm import HRMQNetwork, Seed
 from hrm_agent.optim import make_optimizers
 from hrm_agent.replay import ReplayBuffer
@@ -309,6 +309,9 @@ class Trainer:
             raise ValueError("resume needs an output directory")
         path = self.out_dir / CHECKPOINT
         state = load_checkpoint(path, map_location=self.device)
+        if "optimizer" not in state:
+            raise CheckpointError(f"{path} is an exported agent without optimizer state; "
+                                  "only a run's own checkpoint can be resumed")
         diff = config_diff(state["config"], self.config.to_dict())
         if diff:
             raise CheckpointError(f"{path} was trained with a different config: " + "; ".join(diff))
@@ -346,6 +349,24 @@ class Trainer:
             path.write_text("".join(l + "\n" for l in lines))
 
 
+def run_training(profile: str, out: str | Path, *, carry_z: bool | None = None,
+                 overrides: list[str] | tuple[str, ...] = (), steps: int = 0, minutes: float = 0.0,
+                 resume: bool = False, overwrite: bool = False, progress: bool = True
+                 ) -> dict[str, float]:
+    """Train `profile` into `out` (the CLI's `train`); `steps`/`minutes` > 0 override the
+    profile's `total_steps`/`max_minutes`. Returns the last validation."""
+    overrides = list(overrides)
+    if carry_z is not None:
+        overrides.append(f"train.carry_z={'true' if carry_z else 'false'}")
+    if steps:
+        overrides.append(f"train.total_steps={steps}")
+    if minutes:
+        overrides.append(f"train.max_minutes={minutes}")
+    config = load_profile(profile, overrides)
+    trainer = Trainer(config, out, resume=resume, overwrite=overwrite)
+    return trainer.train(progress=progress)
+
+
 def config_of_checkpoint(state: dict[str, Any]) -> ExperimentConfig:
     return experiment_from_dict(state["config"])
 
@@ -358,3 +379,10 @@ def load_agent(path: str | Path, device="cpu") -> tuple[HRMQNetwork, ExperimentC
     load_module_state(model, state["model"], f"model in {path}")
     model.eval()
     return model, config
+
+
+def export_agent(checkpoint: str | Path, out: str | Path) -> Path:
+    """Keep what acting needs (config, online net, counters, last validation): a checkpoint
+    small enough to commit, loadable by `load_agent`."""
+    state = load_checkpoint(checkpoint)
+    return save_checkpoint({key: state[key] for key in ("config", "model", "counters", "last_val")}, out)

@@ -1,0 +1,126 @@
+"""The workbook's figures of training and evaluation, styled as the paper's (paper-notes §4.2).
+
+Every function returns a matplotlib `Figure` (no pyplot state, so it works headless and in
+notebooks alike) and saves it when given a path.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from hrm_agent.envs.render import plot_grid
+from hrm_agent.evaluate import Episodes, mean_ci, proportion_ci
+
+# Okabe-Ito, the colour-blind-safe palette (the paper uses seaborn's "colorblind").
+PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
+ENV_TITLES = {"fourrooms": "4-rooms environment", "maze": "Maze environment"}
+CURVES = {  # metric -> (y label, legend location), as the paper's training figures
+    "success_rate": ("Fraction of validation episodes reaching goal", "lower right"),
+    "mean_episode_length": ("Mean episode length", "upper right"),
+}
+ACTION_ARROWS = "↑→↓←"  # actions 0=N 1=E 2=S 3=W
+
+
+def read_metrics(run_dir: str | Path, kind: str = "val") -> list[dict]:
+    """The records of one kind ('val' or 'train') in a run's metrics.jsonl."""
+    path = Path(run_dir) / "metrics.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"no metrics.jsonl in {run_dir}: is it a training run directory?")
+    records = [json.loads(line) for line in path.read_text().splitlines() if line]
+    return [r for r in records if r["kind"] == kind]
+
+
+def _save(fig: Figure, path: str | Path | None) -> Figure:
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120, bbox_inches="tight")
+    return fig
+
+
+def trained_with_carry_z(run_dir: str | Path) -> bool:
+    """The condition of a run, from the config.json the trainer writes into it."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no config.json in {run_dir}: is it a training run directory?")
+    return bool(json.loads(path.read_text())["train"]["carry_z"])
+
+
+def plot_training_curves(runs: dict[str, str | Path], metric: str, env: str,
+                         path: str | Path | None = None) -> Figure:
+    """One series per run (legend label -> run directory), Carry Z solid and Reset Z dashed,
+    against the number of training minibatches."""
+    if metric not in CURVES:
+        raise ValueError(f"unknown metric {metric!r}; choose one of {', '.join(CURVES)}")
+    y_label, legend_loc = CURVES[metric]
+    fig = Figure(figsize=(8, 4.8))
+    ax = fig.subplots()
+    for i, (label, run_dir) in enumerate(runs.items()):
+        records = read_metrics(run_dir)
+        dashes = "-" if trained_with_carry_z(run_dir) else (0, (2, 2))
+        ax.plot([r["step"] for r in records], [r[metric] for r in records], marker=".",
+                color=PALETTE[i % len(PALETTE)], linestyle=dashes,
+                label=label)
+    ax.set_xlabel("Number of training minibatches")
+    ax.set_ylabel(y_label)
+    ax.set_title(f"{y_label}: {ENV_TITLES[env]}")
+    if metric == "success_rate":
+        ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(title="Condition", loc=legend_loc)
+    return _save(fig, path)
+
+
+def plot_evaluation(results: dict[str, Episodes], title: str,
+                    path: str | Path | None = None) -> Figure:
+    """Success rate (Wilson 95% CI), episode length and optimality ratio (normal 95% CI)
+    per agent/eval-mode, side by side."""
+    labels = list(results)
+    fig = Figure(figsize=(12, 3.8))
+    axes = fig.subplots(1, 3)
+    colours = [PALETTE[i % len(PALETTE)] for i in range(len(labels))]
+    x = np.arange(len(labels))
+    panels = [("Success rate", lambda e: (e.success.mean(), proportion_ci(e.success))),
+              ("Mean episode length", lambda e: (e.length.mean(), mean_ci(e.length))),
+              ("Episode length / BFS optimum", _optimality)]
+    for ax, (name, stat) in zip(axes, panels):
+        values = [stat(results[label]) for label in labels]
+        means = np.array([v[0] for v in values])
+        errors = np.abs(np.array([v[1] for v in values]).T - means)
+        ax.bar(x, means, yerr=errors, color=colours, capsize=4)
+        ax.set_xticks(x, labels, rotation=20, ha="right", fontsize=8)
+        ax.set_title(name, fontsize=10)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(title)
+    return _save(fig, path)
+
+
+def _optimality(episodes: Episodes) -> tuple[float, tuple[float, float]]:
+    solved = episodes.success & (episodes.optimal_length > 0)
+    ratio = episodes.length[solved] / episodes.optimal_length[solved]
+    if ratio.size < 2:
+        return float("nan"), (float("nan"), float("nan"))
+    return float(ratio.mean()), mean_ci(ratio)
+
+
+def plot_episode(episodes: Episodes, env_index: int, shape: tuple[int, int], *,
+                 max_frames: int = 8, title: str | None = None,
+                 path: str | Path | None = None) -> Figure:
+    """A strip of one recorded episode: each frame with the action the agent took and its Q."""
+    if episodes.frames is None:
+        raise ValueError("the episodes were not recorded; use run_episodes(..., record=True)")
+    length = int(episodes.length[env_index])
+    steps = np.unique(np.linspace(0, length, min(max_frames, length + 1)).round().astype(int))
+    fig = Figure(figsize=(2.1 * len(steps), 2.6))
+    axes = np.atleast_1d(fig.subplots(1, len(steps)))
+    for ax, t in zip(axes, steps):
+        caption = f"t = {t}"
+        if t < length:
+            q = episodes.q[t, env_index]
+            caption += f"  {ACTION_ARROWS[int(episodes.actions[t, env_index])]}  max Q {float(q.max()):.2f}"
+        plot_grid(ax, episodes.frames[t, env_index], shape, title=caption)
+    outcome = "reached the goal" if episodes.success[env_index] else "failed"
+    fig.suptitle(title or f"Episode {env_index}: {outcome} in {length} steps", fontsize=10)
+    return _save(fig, path)

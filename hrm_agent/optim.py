@@ -46,16 +46,18 @@ class AdamATan2(torch.optim.Optimizer):
             v = [s["exp_avg_sq"] for s in states]
             for s in states:
                 s["step"] += 1
-            t = float(states[0]["step"])
             torch._foreach_lerp_(m, grads, 1 - beta1)
             torch._foreach_mul_(v, beta2)
             torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
             if wd:
                 torch._foreach_mul_(params, 1 - lr * wd)
-            bc1, bc2 = 1 - beta1**t, 1 - beta2**t
             denom = torch._foreach_sqrt(v)
-            torch._foreach_div_(denom, bc2**0.5)
-            for p, m_i, d_i in zip(params, m, denom):
+            # Bias corrections per parameter: one that got its first gradient later has taken
+            # fewer steps than the others in its group (as in torch.optim.Adam).
+            for p, m_i, d_i, s in zip(params, m, denom, states):
+                t = float(s["step"])  # a CPU scalar: no device sync
+                bc1, bc2 = 1 - beta1**t, 1 - beta2**t
+                d_i.div_(bc2**0.5)
                 p.add_(torch.atan2(m_i, d_i), alpha=-lr / bc1)
         return loss
 

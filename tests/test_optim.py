@@ -1,0 +1,242 @@
+"""AdamATan2 and SignSGD against float64 references of their formulas (paper-notes §3), the
+parameter split of `make_optimizers`, argument checks and state round trips."""
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+
+from hrm_agent.hrm import HRMConfig, HRMQNetwork
+from hrm_agent.optim import AdamATan2, SignSGD, make_optimizers
+
+
+class AdamATan2Reference:
+    """The docstring's formula, float64, one tensor at a time:
+        m <- b1 m + (1-b1) g;  v <- b2 v + (1-b2) g^2
+        p <- p (1 - lr wd) - (lr / bc1) atan2(m, sqrt(v) / sqrt(bc2))"""
+
+    def __init__(self, params, lr, betas, wd):
+        self.p = [p.detach().double().clone() for p in params]
+        self.m = [torch.zeros_like(p) for p in self.p]
+        self.v = [torch.zeros_like(p) for p in self.p]
+        self.t = [0] * len(self.p)
+        self.lr, self.betas, self.wd = lr, betas, wd
+
+    def step(self, grads):
+        b1, b2 = self.betas
+        for i, g in enumerate(grads):
+            if g is None:
+                continue
+            g = g.double()
+            self.t[i] += 1
+            t = self.t[i]
+            self.m[i] = b1 * self.m[i] + (1 - b1) * g
+            self.v[i] = b2 * self.v[i] + (1 - b2) * g * g
+            bc1, bc2 = 1 - b1**t, 1 - b2**t
+            self.p[i] = (self.p[i] * (1 - self.lr * self.wd)
+                         - self.lr / bc1 * torch.atan2(self.m[i], self.v[i].sqrt() / math.sqrt(bc2)))
+
+
+def _random_problem(seed: int, shapes):
+    g = torch.Generator().manual_seed(seed)
+    params = [torch.randn(s, generator=g).requires_grad_(True) for s in shapes]
+    targets = [torch.randn(s, generator=g) for s in shapes]
+    return params, targets
+
+
+def _loss(params, targets):
+    # A non-quadratic loss so gradients differ in scale and sign from step to step.
+    return sum(((p - t) ** 2).sum() + 0.3 * torch.sin(3 * p).sum() for p, t in zip(params, targets))
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.8, 0.95)])
+def test_adam_atan2_matches_float64_reference_over_several_steps(wd, betas):
+    shapes = [(5, 3), (7,), ()]
+    params, targets = _random_problem(0, shapes)
+    lr = 3e-2
+    ref = AdamATan2Reference(params, lr, betas, wd)
+    opt = AdamATan2(params, lr=lr, betas=betas, weight_decay=wd)
+    for _ in range(12):
+        opt.zero_grad()
+        _loss(params, targets).backward()
+        ref.step([p.grad for p in params])
+        opt.step()
+        for p, r in zip(params, ref.p):
+            torch.testing.assert_close(p.detach().double(), r, atol=1e-6, rtol=1e-6)
+
+
+def test_adam_atan2_matches_reference_with_several_param_groups():
+    params, targets = _random_problem(1, [(4, 4), (6,), (2, 3)])
+    settings = [dict(lr=1e-2, betas=(0.9, 0.999), weight_decay=0.0),
+                dict(lr=5e-2, betas=(0.7, 0.99), weight_decay=0.2),
+                dict(lr=2e-3, betas=(0.0, 0.5), weight_decay=1.0)]
+    refs = [AdamATan2Reference([p], s["lr"], s["betas"], s["weight_decay"])
+            for p, s in zip(params, settings)]
+    opt = AdamATan2([dict(params=[p], **s) for p, s in zip(params, settings)],
+                    lr=123.0, betas=(0.5, 0.5), weight_decay=9.0)  # defaults overridden by groups
+    for _ in range(8):
+        opt.zero_grad()
+        _loss(params, targets).backward()
+        for p, ref in zip(params, refs):
+            ref.step([p.grad])
+        opt.step()
+    for p, ref in zip(params, refs):
+        torch.testing.assert_close(p.detach().double(), ref.p[0], atol=1e-6, rtol=1e-6)
+
+
+def test_adam_atan2_skips_parameters_without_gradient():
+    params, targets = _random_problem(2, [(3,), (3,)])
+    frozen = params[1].detach().clone()
+    opt = AdamATan2(params, lr=1e-2, weight_decay=0.5)
+    opt.zero_grad()
+    _loss(params[:1], targets[:1]).backward()
+    opt.step()
+    assert params[1].grad is None
+    assert torch.equal(params[1].detach(), frozen)  # not even weight-decayed
+    assert params[1] not in opt.state
+
+
+def test_adam_atan2_first_step_size_is_independent_of_gradient_scale():
+    # At t=1: m = (1-b1) g, sqrt(v / bc2) = |g|, so the step is sign(g)·(lr/bc1)·atan(1-b1),
+    # whatever |g| (atan2 is applied to the uncorrected m, as in the adam-atan2 package).
+    p = torch.tensor([1.0, -2.0, 3.0], requires_grad=True)
+    lr, beta1 = 0.1, 0.9
+    opt = AdamATan2([p], lr=lr, betas=(beta1, 0.999), weight_decay=0.0)
+    (p * torch.tensor([5.0, -0.01, 1e3])).sum().backward()
+    opt.step()
+    size = lr / (1 - beta1) * math.atan(1 - beta1)
+    expected = torch.tensor([1.0, -2.0, 3.0]) - size * torch.tensor([1.0, -1.0, 1.0])
+    torch.testing.assert_close(p.detach(), expected)
+
+
+@pytest.mark.parametrize("wd", [0.0, 0.1])
+def test_sign_sgd_matches_decay_then_sign_step(wd):
+    params, targets = _random_problem(3, [(4, 2), (5,)])
+    lr = 0.05
+    ref = [p.detach().double().clone() for p in params]
+    opt = SignSGD(params, lr=lr, weight_decay=wd)
+    for _ in range(5):
+        opt.zero_grad()
+        _loss(params, targets).backward()
+        ref = [r * (1 - lr * wd) - lr * p.grad.double().sign() for r, p in zip(ref, params)]
+        opt.step()
+        for p, r in zip(params, ref):
+            torch.testing.assert_close(p.detach().double(), r, atol=1e-6, rtol=1e-6)
+
+
+def test_sign_sgd_zero_gradient_only_decays():
+    p = torch.tensor([2.0, -4.0], requires_grad=True)
+    p.grad = torch.zeros(2)
+    SignSGD([p], lr=0.1, weight_decay=0.5).step()
+    torch.testing.assert_close(p.detach(), torch.tensor([2.0, -4.0]) * 0.95)
+
+
+def _tiny_model(**kw) -> HRMQNetwork:
+    return HRMQNetwork(HRMConfig(seq_len=9, hidden_size=16, H_layers=1, L_layers=1,
+                                 H_cycles=1, L_cycles=1, segments=1, **kw))
+
+
+def test_make_optimizers_puts_only_the_task_embedding_in_sign_sgd():
+    model = _tiny_model()
+    adam, sign = make_optimizers(model, lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95),
+                                 task_lr=1e-2, task_weight_decay=0.1)
+    assert isinstance(adam, AdamATan2) and isinstance(sign, SignSGD)
+    sign_params = [p for g in sign.param_groups for p in g["params"]]
+    adam_params = [p for g in adam.param_groups for p in g["params"]]
+    assert len(sign_params) == 1 and sign_params[0] is model.task_embedding
+    named = dict(model.named_parameters())
+    expected = {id(p) for n, p in named.items() if n != "task_embedding"}
+    assert {id(p) for p in adam_params} == expected and len(adam_params) == len(expected)
+    assert adam.param_groups[0]["lr"] == 1e-4 and adam.param_groups[0]["betas"] == (0.9, 0.95)
+    assert sign.param_groups[0]["lr"] == 1e-2
+
+
+def test_make_optimizers_without_task_token_has_empty_sign_sgd():
+    model = _tiny_model(task_token=False)
+    adam, sign = make_optimizers(model, lr=1e-4, weight_decay=0.1, betas=(0.9, 0.95),
+                                 task_lr=1e-2, task_weight_decay=0.1)
+    assert [p for g in sign.param_groups for p in g["params"]] == []
+    assert sum(p.numel() for g in adam.param_groups for p in g["params"]) == model.num_parameters()
+    # Stepping the empty optimizer is a no-op, not an error.
+    x = torch.randint(0, 131, (2, 9))
+    model(x, model.init_seed(2)).q.sum().backward()
+    sign.step()
+    adam.step()
+
+
+@pytest.mark.parametrize("kwargs", [dict(lr=-1e-3), dict(betas=(1.0, 0.999)),
+                                    dict(betas=(0.9, -0.1)), dict(weight_decay=-0.1)])
+def test_adam_atan2_invalid_settings_raise_value_error(kwargs):
+    with pytest.raises(ValueError, match="AdamATan2"):
+        AdamATan2([torch.zeros(2, requires_grad=True)], **kwargs)
+
+
+@pytest.mark.parametrize("kwargs", [dict(lr=-1.0), dict(weight_decay=-0.1)])
+def test_sign_sgd_invalid_settings_raise_value_error(kwargs):
+    with pytest.raises(ValueError, match="SignSGD"):
+        SignSGD([torch.zeros(2, requires_grad=True)], **kwargs)
+
+
+@pytest.mark.parametrize("cls, kwargs", [(AdamATan2, dict(lr=1e-2, weight_decay=0.1)),
+                                         (SignSGD, dict(lr=1e-2, weight_decay=0.1))])
+def test_state_dict_round_trip_continues_identically(cls, kwargs):
+    params, targets = _random_problem(4, [(3, 3), (4,)])
+
+    def train(opt, ps, steps):
+        for _ in range(steps):
+            opt.zero_grad()
+            _loss(ps, targets).backward()
+            opt.step()
+
+    opt = cls(params, **kwargs)
+    train(opt, params, 3)
+    saved_params = [p.detach().clone().requires_grad_(True) for p in params]
+    saved_state = copy.deepcopy(opt.state_dict())
+    train(opt, params, 4)
+
+    fresh = cls(saved_params, **kwargs)
+    fresh.load_state_dict(saved_state)
+    train(fresh, saved_params, 4)
+    for a, b in zip(params, saved_params):
+        assert torch.equal(a.detach(), b.detach())
+
+
+def test_adam_atan2_reduces_a_quadratic_loss():
+    g = torch.Generator().manual_seed(5)
+    a = torch.randn(8, 8, generator=g)
+    hessian = a @ a.T + 0.5 * torch.eye(8)
+    target = torch.randn(8, generator=g)
+    x = torch.zeros(8, requires_grad=True)
+    opt = AdamATan2([x], lr=0.05, weight_decay=0.0)
+
+    def loss():
+        d = x - target
+        return 0.5 * d @ hessian @ d
+
+    start = loss().item()
+    for _ in range(300):
+        opt.zero_grad()
+        value = loss()
+        value.backward()
+        opt.step()
+    assert loss().item() < 1e-2 * start
+    torch.testing.assert_close(x.detach(), target, atol=0.1, rtol=0.0)
+
+
+def test_adam_atan2_bias_correction_counts_steps_per_parameter():
+    # A parameter that starts receiving gradients later has its own step count (as torch.optim.Adam).
+    params, targets = _random_problem(6, [(3,), (4,)])
+    lr = 2e-2
+    ref = AdamATan2Reference(params, lr, (0.9, 0.99), 0.05)
+    opt = AdamATan2(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.05)
+    for step in range(6):
+        opt.zero_grad(set_to_none=True)
+        active = params if step >= 3 else params[:1]
+        _loss(active, targets[: len(active)]).backward()
+        ref.step([p.grad for p in params])
+        opt.step()
+    for p, r in zip(params, ref.p):
+        torch.testing.assert_close(p.detach().double(), r, atol=1e-6, rtol=1e-6)

@@ -66,15 +66,17 @@ class RotaryEmbedding(nn.Module):
         inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
         freqs = torch.outer(torch.arange(positions, dtype=torch.float32), inv_freq)
         angles = torch.cat((freqs, freqs), dim=-1)  # (positions, head_dim)
+        sin, half = angles.sin(), head_dim // 2
         self.register_buffer("cos", angles.cos(), persistent=False)
-        self.register_buffer("sin", angles.sin(), persistent=False)
+        # rotate_half(x)·sin == swap_halves(x)·[-sin_1, sin_2] exactly, one negation fewer per call
+        self.register_buffer("sin", torch.cat((-sin[:, :half], sin[:, half:]), dim=-1), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         """Rotate `x` (B, S, heads, head_dim) by its positions."""
         half = x.shape[-1] // 2
-        rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+        swapped = torch.cat((x[..., half:], x[..., :half]), dim=-1)
         cos, sin = self.cos[:, None, :].to(x.dtype), self.sin[:, None, :].to(x.dtype)
-        return x * cos + rotated * sin
+        return x * cos + swapped * sin
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, backend: str) -> Tensor:

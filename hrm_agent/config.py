@@ -64,9 +64,9 @@ def build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     for key, value in data.items():
         if key not in fields:
             close = difflib.get_close_matches(key, fields, n=1)
-            hint = f" (did you mean {prefix}{close[0]!r}?)" if close else ""
+            hint = f" (did you mean '{prefix}{close[0]}'?)" if close else ""
             raise ConfigError(
-                f"unknown config field {prefix}{key!r}{hint}; valid fields: {', '.join(fields)}"
+                f"unknown config field '{prefix}{key}'{hint}; valid fields: {', '.join(fields)}"
             )
         kwargs[key] = _check_type(prefix + key, value, hints[key])
     try:

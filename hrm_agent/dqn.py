@@ -6,10 +6,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def td_target(reward: Tensor, terminated: Tensor, q_next: Tensor, gamma: float) -> Tensor:
+def td_target(reward: Tensor, terminated: Tensor, q_next: Tensor, gamma: float | Tensor) -> Tensor:
     """y = r + γ·max_a' Q_target(s', a'), without the bootstrap only when the episode
     *terminated* at the goal. Truncation at the step limit still bootstraps: the state
-    itself is not terminal, the episode was just cut (as in the authors' code)."""
+    itself is not terminal, the episode was just cut (as in the authors' code).
+    For n-step returns, r is the discounted return and γ the per-sample γ^n."""
     return reward + gamma * (~terminated).to(q_next.dtype) * q_next.max(dim=-1).values
 
 

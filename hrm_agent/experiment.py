@@ -65,6 +65,7 @@ class TrainConfig:
     learning_starts: int = 256  # transitions in the buffer before the first update
     env_steps_per_batch: int = 1  # batched env steps collected per minibatch (= per `segments` updates)
     gamma: float = 0.95
+    n_step: int = 1  # 1 = the paper's TD(0); n > 1: n-step returns (ours, for short CPU runs)
     target_decay: float = 0.999  # Polyak: target <- decay * target + (1 - decay) * online, every step
     target_init: Literal["independent", "copy"] = "independent"  # authors: a separately initialised net
     eps_start: float = 1.0
@@ -87,7 +88,7 @@ class TrainConfig:
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
 
     def __post_init__(self):
-        positive = ["total_steps", "batch_size", "buffer_capacity", "env_steps_per_batch",
+        positive = ["total_steps", "n_step", "batch_size", "buffer_capacity", "env_steps_per_batch",
                     "val_interval", "val_episodes", "checkpoint_interval", "log_interval"]
         for name in positive:
             value = getattr(self, name)

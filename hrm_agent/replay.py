@@ -13,10 +13,12 @@ from torch import Tensor
 class ReplayBuffer:
     """A ring buffer of transitions; each field is a tensor with a leading batch dimension."""
 
-    def __init__(self, capacity: int, device: torch.device | str = "cpu", seed: int = 0):
+    def __init__(self, capacity: int, device: torch.device | str = "cpu", seed: int = 0,
+                 stride: int = 1):
         if capacity < 1:
             raise ValueError(f"replay capacity must be >= 1, got {capacity}")
         self.capacity = capacity
+        self.stride = stride  # transitions per `add` (B envs): env i's next step is `stride` slots on
         self.device = torch.device(device)
         self.storage: dict[str, Tensor] = {}
         self.pos = 0  # next slot to write
@@ -51,6 +53,34 @@ class ReplayBuffer:
             raise RuntimeError("cannot sample from an empty replay buffer")
         index = torch.randint(self.size, (batch_size,), device=self.device, generator=self.generator)
         return {name: value[index] for name, value in self.storage.items()}
+
+    def sample_n_step(self, batch_size: int, n_step: int, gamma: float) -> dict[str, Tensor]:
+        """Transitions whose `reward` is the discounted return of up to `n_step` consecutive
+        steps of the same env (stopping at the episode's end); `next_*` fields and
+        `terminated` are those of the last step used and `discount` is gamma**steps used,
+        so y = reward + discount * (1 - terminated) * max Q(next_obs)."""
+        span = (n_step - 1) * self.stride
+        if self.size <= span:
+            raise RuntimeError(f"{n_step}-step sampling needs more than {span} transitions")
+        oldest = self.pos if self.size == self.capacity else 0
+        offset = torch.randint(self.size - span, (batch_size,), device=self.device,
+                               generator=self.generator)
+        first = (oldest + offset) % self.capacity
+        batch = {name: value[first] for name, value in self.storage.items()}
+        ret = torch.zeros(batch_size, device=self.device)
+        discount = torch.ones(batch_size, device=self.device)
+        alive = torch.ones(batch_size, dtype=torch.bool, device=self.device)
+        last = first
+        for k in range(n_step):
+            index = (first + k * self.stride) % self.capacity
+            ret += torch.where(alive, discount * self.storage["reward"][index], 0.0)
+            last = torch.where(alive, index, last)
+            discount = torch.where(alive, discount * gamma, discount)
+            alive &= ~(self.storage["terminated"][index] | self.storage["truncated"][index])
+        batch.update({name: value[last] for name, value in self.storage.items()
+                      if name.startswith("next_") or name in ("terminated", "truncated")})
+        batch.update(reward=ret, discount=discount)
+        return batch
 
     def state_dict(self, include_data: bool = True) -> dict:
         state = {"capacity": self.capacity, "generator": self.generator.get_state()}

@@ -93,7 +93,8 @@ class Trainer:
             self.model, lr=tc.lr, weight_decay=tc.weight_decay, betas=(tc.beta1, tc.beta2),
             task_lr=tc.task_lr, task_weight_decay=tc.task_weight_decay)
         self.env = config.env.make(device=self.device, seed=tc.seed)
-        self.replay = ReplayBuffer(tc.buffer_capacity, self.device, seed=tc.seed + 1)
+        self.replay = ReplayBuffer(tc.buffer_capacity, self.device, seed=tc.seed + 1,
+                                   stride=self.env.num_envs)
         self.generator = torch.Generator(self.device).manual_seed(tc.seed + 2)  # exploration
         self.agent = Agent(self.model, self.env.num_envs, tc.carry_z)
         self.obs = self.env.reset(seed=tc.seed)
@@ -154,7 +155,11 @@ class Trainer:
     def learn(self) -> None:
         """Deep supervision on one minibatch: `segments` optimizer steps, one segment each."""
         tc = self.config.train
-        batch = self.replay.sample(tc.batch_size)
+        if tc.n_step == 1:  # the paper: TD(0)
+            batch = self.replay.sample(tc.batch_size)
+            batch["discount"] = tc.gamma
+        else:
+            batch = self.replay.sample_n_step(tc.batch_size, tc.n_step, tc.gamma)
         b = tc.batch_size
         with self.stopwatch("model"), torch.no_grad():
             if tc.carry_z:  # the stored, stale seed of s' (never recomputed), as the authors
@@ -162,7 +167,7 @@ class Trainer:
             else:
                 next_seed = self.target.init_seed(b)
             q_next = self.target(batch["next_obs"], next_seed).q
-            y = td_target(batch["reward"], batch["terminated"], q_next, tc.gamma)
+            y = td_target(batch["reward"], batch["terminated"], q_next, batch["discount"])
         seed = (Seed(batch["prev_z_H"], batch["prev_z_L"]) if tc.carry_z
                 else self.model.init_seed(b))
         carry = self.model.carry_from_seed(seed)
@@ -204,7 +209,7 @@ class Trainer:
             with self.stopwatch("total"):
                 for _ in range(tc.env_steps_per_batch):
                     self.collect()
-                if len(self.replay) >= max(tc.learning_starts, 1):
+                if len(self.replay) >= max(tc.learning_starts, tc.n_step * self.env.num_envs):
                     self.learn()
             self.train_seconds = time.perf_counter() - start
             if bar is not None:

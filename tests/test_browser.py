@@ -146,9 +146,10 @@ def test_play_notebook_in_jupyterlab(lab):
             status0, src0 = status.inner_text(), maze.get_attribute("src")
             assert src0, "the maze image has no src"
             for move in "ESWNESWN":  # until the image changes: a move, not a bump
+                before = status.inner_text()  # read before the click: the update may be fast
                 page.locator(f"button.hrm-move-{move}").click()
                 page.wait_for_function(
-                    "old => document.querySelector('.hrm-status')?.innerText !== old", arg=status.inner_text())
+                    "old => document.querySelector('.hrm-status')?.innerText !== old", arg=before)
                 if maze.get_attribute("src") != src0:
                     break
             status1, src1 = status.inner_text(), maze.get_attribute("src")

@@ -105,10 +105,11 @@ def _optimality(episodes: Episodes) -> tuple[float, tuple[float, float]]:
     return float(ratio.mean()), mean_ci(ratio)
 
 
-def plot_episode(episodes: Episodes, env_index: int, shape: tuple[int, int], *,
+def plot_episode(episodes: Episodes, env_index: int, shape, *,
                  max_frames: int = 8, title: str | None = None,
                  path: str | Path | None = None) -> Figure:
-    """A strip of one recorded episode: each frame with the action the agent took and its Q."""
+    """A strip of one recorded episode: each frame with the action the agent took and its Q.
+    `shape` is (H, W) or an env of the same kind."""
     if episodes.frames is None:
         raise ValueError("the episodes were not recorded; use run_episodes(..., record=True)")
     length = int(episodes.length[env_index])

@@ -30,10 +30,10 @@ import torch
 from torch import Tensor
 
 from hrm_agent.envs import AGENT, FLOOR, GOAL, START, grid_path_lengths, grid_shortest_path, make_env
+from hrm_agent.evaluate import MODES
 from hrm_agent.hrm import HRMQNetwork, QOutput, Seed
 
 Intervention = Literal["reset_each_segment", "move_goal"] | None
-MODES = {True: "Carry Z", False: "Reset Z"}  # eval mode names, keyed by carry_z
 STATES = ("z_L", "z_H")  # panel order of the figures: z_L left, z_H right
 TITLES = {
     ("convergence", "fourrooms"): "Convergence of recurrent state z to final values - 4-rooms environment",

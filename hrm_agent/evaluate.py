@@ -110,7 +110,7 @@ def mean_ci(values: np.ndarray, z: float = 1.96) -> tuple[float, float]:
     return float(values.mean() - half), float(values.mean() + half)
 
 
-MODES = {"Carry Z": True, "Reset Z": False}
+MODES = {True: "Carry Z", False: "Reset Z"}  # eval mode names, keyed by carry_z
 
 
 def find_agents(directory: str | Path, env: str) -> dict[str, Path]:
@@ -130,7 +130,7 @@ def compare_agents(checkpoints: dict[str, str | Path], *, episodes: int, seed: i
     results = {}
     for label, path in checkpoints.items():
         model, config = load_agent(path, device)
-        for mode, carry_z in MODES.items():
+        for carry_z, mode in MODES.items():
             env = config.env.make(episodes, device=device, seed=seed)
             results[f"{label} | eval {mode}"] = run_episodes(model, env, carry_z=carry_z,
                                                              seed=seed, record=record)

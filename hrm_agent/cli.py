@@ -82,8 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_envstats)
 
-    p = sub.add_parser("bench", help="speed benchmarks (print figures, assert nothing)")
-    p.add_argument("what", choices=["env", "model", "train"])
+    p = sub.add_parser("bench", help="benchmarks: speed, and how fast the model fits Q* (print figures, assert nothing)")
+    p.add_argument("what", choices=["env", "model", "train", "fit"])
     p.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_bench)

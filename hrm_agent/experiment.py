@@ -59,7 +59,8 @@ class TrainConfig:
     device: Literal["auto", "cpu", "cuda"] = "auto"
     carry_z: bool = True  # Carry Z (True) or Reset Z (False), paper §2.5
     total_steps: int = 200_000  # optimizer steps ("training minibatches" in the paper's plots)
-    max_minutes: float = 0.0  # stop (and checkpoint) after this much wall time; 0 = no limit
+    max_minutes: float = 0.0  # stop (and checkpoint) after this much training time (collect +
+    # learn; validation and checkpoints not counted, as the paper times only training steps); 0 = off
     batch_size: int = 256
     buffer_capacity: int = 2**20
     learning_starts: int = 256  # transitions in the buffer before the first update

@@ -93,3 +93,12 @@ def make_optimizers(model: nn.Module, *, lr: float, weight_decay: float,
         (task if name == "task_embedding" else rest).append(p)
     return (AdamATan2(rest, lr=lr, betas=betas, weight_decay=weight_decay),
             SignSGD([{"params": task}], lr=task_lr, weight_decay=task_weight_decay))
+
+
+def set_lr(optimizer: AdamATan2, task_optimizer: SignSGD, lr: float, *, base_lr: float,
+           task_lr: float) -> None:
+    """Apply the scheduled lr; the task token's lr follows the same schedule, as in HRM."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    for group in task_optimizer.param_groups:
+        group["lr"] = task_lr * (lr / base_lr if base_lr > 0 else 1.0)

@@ -29,7 +29,7 @@ from hrm_agent.dqn import polyak_update, q_loss, td_target
 from hrm_agent.evaluate import evaluate
 from hrm_agent.experiment import ExperimentConfig, experiment_from_dict, load_profile
 from hrm_agent.hrm import HRMQNetwork, Seed
-from hrm_agent.optim import make_optimizers
+from hrm_agent.optim import make_optimizers, set_lr
 from hrm_agent.replay import ReplayBuffer
 from hrm_agent.schedules import linear_schedule, warmup_constant
 
@@ -180,10 +180,7 @@ class Trainer:
                 self.task_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
             with self.stopwatch("optimizer"):
-                for group in self.optimizer.param_groups:
-                    group["lr"] = lr
-                for group in self.task_optimizer.param_groups:  # the same schedule scales it
-                    group["lr"] = tc.task_lr * (lr / tc.lr if tc.lr > 0 else 1.0)
+                set_lr(self.optimizer, self.task_optimizer, lr, base_lr=tc.lr, task_lr=tc.task_lr)
                 self.optimizer.step()
                 self.task_optimizer.step()
                 polyak_update(self.target, self.model, tc.target_decay)
@@ -202,16 +199,18 @@ class Trainer:
             bar = tqdm(total=tc.total_steps, initial=self.global_step, unit="step",
                        dynamic_ncols=True, desc="train")
         self._write_config()
-        start = time.perf_counter() - self.train_seconds
-        last_log = (time.perf_counter(), self.global_step, self.env_steps)
+        last_log = (self.train_seconds, self.global_step, self.env_steps)
         while self.global_step < tc.total_steps:
             before = self.global_step
+            # Only collecting and learning count as training time (the paper's "training-step
+            # time"): validation of an untrained agent can cost as much as hundreds of steps.
+            cycle_start = time.perf_counter()
             with self.stopwatch("total"):
                 for _ in range(tc.env_steps_per_batch):
                     self.collect()
                 if len(self.replay) >= max(tc.learning_starts, tc.n_step * self.env.num_envs):
                     self.learn()
-            self.train_seconds = time.perf_counter() - start
+            self.train_seconds += time.perf_counter() - cycle_start
             if bar is not None:
                 bar.update(self.global_step - before)
             if self._crossed(before, tc.log_interval):
@@ -251,7 +250,7 @@ class Trainer:
                 "successes": zero(torch.long), "return": zero(torch.float32)}
 
     def _log_train(self, last_log, bar) -> tuple[float, int, int]:
-        now = time.perf_counter()
+        now = self.train_seconds
         t0, step0, env0 = last_log
         w = self._window
         episodes = int(w["episodes"])
@@ -262,8 +261,8 @@ class Trainer:
             "epsilon": self.epsilon(), "lr": self.lr(),
             "train_success_rate": int(w["successes"]) / episodes if episodes else None,
             "train_mean_return": float(w["return"]) / episodes if episodes else None,
-            "optimizer_steps_per_s": (self.global_step - step0) / (now - t0),
-            "env_steps_per_s": (self.env_steps - env0) / (now - t0),
+            "optimizer_steps_per_s": (self.global_step - step0) / max(now - t0, 1e-9),
+            "env_steps_per_s": (self.env_steps - env0) / max(now - t0, 1e-9),
         }
         self._append_metrics(record)
         self._window = self._new_window()

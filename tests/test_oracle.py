@@ -4,13 +4,14 @@ from __future__ import annotations
 from collections import deque
 
 import numpy as np
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hrm_agent.envs import (AGENT, FLOOR, GOAL, WALL_H, WALL_V, FourRooms, Maze, distances,
-                            grid_path_lengths, grid_shortest_path, oracle_actions,
-                            shortest_path_lengths)
+                            grid_path_lengths, grid_shortest_path, optimal_q,
+                            oracle_actions, shortest_path_lengths)
 from hrm_agent.envs.oracle import descend
 
 MOVES = ((-1, 0), (0, 1), (1, 0), (0, -1))
@@ -142,3 +143,27 @@ def test_oracle_walks_towards_the_blocking_door_when_cut_off():
     step = env.neighbours[env.agent, actions]
     here = ignoring_doors.gather(1, env.agent[:, None])[:, 0]
     assert torch.equal(ignoring_doors.gather(1, step[:, None])[:, 0][cut_off], here[cut_off] - 1)
+
+
+@pytest.mark.parametrize("cls", [FourRooms, Maze])
+def test_optimal_q_satisfies_the_bellman_optimality_equation(cls):
+    """Q*(s, a) = r + gamma max Q*(s', .) (r alone on reaching the goal), by stepping the env
+    itself with doors held fixed; and the oracle's move is always one of the best."""
+    gamma = 0.9
+    env = cls(256, seed=3, p_change=0.0, max_steps=1000, draw_doors_at_reset=True)
+    env.reset(seed=3)
+    for _ in range(5):  # a few random moves, so the agent is not always on its start
+        env.step(torch.randint(4, (256,), generator=torch.Generator().manual_seed(1)))
+    q = optimal_q(env, gamma)
+    start = env.state_dict()
+    reachable = env.shortest_path_lengths() >= 0
+    for action in range(4):
+        env.load_state_dict(start)
+        _, reward, terminated, truncated, _ = env.step(torch.full((256,), action))
+        assert not truncated.any()
+        bootstrap = torch.where(terminated, 0.0, gamma * optimal_q(env, gamma).max(dim=1).values)
+        torch.testing.assert_close(q[reachable, action], (reward + bootstrap)[reachable])
+    env.load_state_dict(start)
+    best = q.max(dim=1).values
+    chosen = q.gather(1, oracle_actions(env)[:, None]).squeeze(1)
+    torch.testing.assert_close(chosen[reachable], best[reachable])

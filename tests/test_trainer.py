@@ -165,3 +165,24 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
         save_checkpoint({"config": {}, "model": {}}, path)
     assert path.read_bytes() == good
     assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
+
+
+def test_validation_time_does_not_count_as_training_time(tmp_path, monkeypatch):
+    """max_minutes and the logged minutes measure collect + learn only (the paper's timing)."""
+    import time
+
+    import hrm_agent.trainer as trainer_module
+
+    def slow_evaluate(*args, **kwargs):
+        time.sleep(0.5)
+        return {"success_rate": 0.0}
+
+    monkeypatch.setattr(trainer_module, "evaluate", slow_evaluate)
+    cfg = tiny_config("train.total_steps=16", "train.val_interval=4")
+    trainer = Trainer(cfg, tmp_path)
+    start = time.perf_counter()
+    trainer.train(progress=False)
+    wall = time.perf_counter() - start
+    validations = sum(json.loads(l)["kind"] == "val" for l in (tmp_path / METRICS).read_text().splitlines())
+    assert validations == 4
+    assert trainer.train_seconds < wall - 0.5 * validations

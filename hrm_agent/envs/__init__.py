@@ -12,7 +12,7 @@ from hrm_agent.envs.grid import (ACTION_NAMES, AGENT, DOOR, FLOOR, GOAL, OBSTACL
 from hrm_agent.envs.gym import register_envs
 from hrm_agent.envs.maze import Maze
 from hrm_agent.envs.oracle import (distances, grid_path_lengths, grid_shortest_path,
-                                   oracle_actions, shortest_path_lengths)
+                                   optimal_q, oracle_actions, shortest_path_lengths)
 
 ENVS: dict[str, type[DynamicDoorsEnv]] = {"fourrooms": FourRooms, "maze": Maze}
 
@@ -29,6 +29,6 @@ register_envs()
 __all__ = [
     "ACTION_NAMES", "AGENT", "DOOR", "ENVS", "FLOOR", "GOAL", "OBSTACLE_TOKENS", "START",
     "WALL_H", "WALL_V", "DynamicDoorsEnv", "FourRooms", "Maze", "distances",
-    "grid_path_lengths", "grid_shortest_path", "is_obstacle", "make_env", "oracle_actions",
-    "shortest_path_lengths",
+    "grid_path_lengths", "grid_shortest_path", "is_obstacle", "make_env", "optimal_q",
+    "oracle_actions", "shortest_path_lengths",
 ]

@@ -74,6 +74,27 @@ def oracle_actions(env) -> Tensor:
     return descend(dist, env.agent, env.neighbours)[0]
 
 
+def optimal_q(env, gamma: float) -> Tensor:
+    """(B, A) float32: Q*(s, a) of every env's current state if its doors stayed as they are.
+
+    The reward rules of the env (paper-notes §1.1): 1 for stepping onto the goal (terminal),
+    STEP_PENALTY for a bump (the agent stays), 0 otherwise; V*(cell) = gamma^(d-1) at BFS
+    distance d >= 1 from the goal. Envs whose goal is cut off get V* = 0 behind the doors.
+    The doors do change (p_change), so this is the target of the static-door problem: what a
+    value network should roughly represent, used to probe how fast it can (`hrm_agent.qfit`).
+    """
+    from hrm_agent.envs.core import STEP_PENALTY, WIN_REWARD
+
+    obstacles = env.obstacles()
+    dist = distances(obstacles, env.goal).flatten(1).float()
+    value = torch.where(dist > 0, gamma ** (dist - 1), 0.0)
+    candidates = env.neighbours[env.agent]  # (B, A); off-grid moves already map to the agent
+    bump = obstacles.flatten(1).gather(1, candidates) | (candidates == env.agent[:, None])
+    here = value.gather(1, env.agent[:, None])
+    q = torch.where(candidates == env.goal[:, None], WIN_REWARD, gamma * value.gather(1, candidates))
+    return torch.where(bump, STEP_PENALTY + gamma * here, q)
+
+
 # -- token grids alone (no env): what the analysis of recorded observations needs ------------
 
 def grid_positions(grids: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,0 +1,73 @@
+"""Can the Q-network represent the values at all? Supervised regression onto the true Q*.
+
+DQN asks the network to fit moving, bootstrapped targets; when a run does not learn, this
+separates "the targets are wrong" from "the network cannot fit values at this budget". States
+are drawn as episode starts (doors drawn, so the observation shows them), labelled with
+`optimal_q` (the static-door Q*), and fitted with the profile's model, optimizer and lr
+schedule, one segment per optimizer step on a fresh minibatch, from the Reset Z init.
+
+What it found (`python -m hrm_agent bench fit`): the output first collapses to the same
+values for every state (MSE = the variance of Q*), and the learning rate decides whether and
+when it leaves that plateau; see the cpu profiles.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from hrm_agent.envs import optimal_q
+from hrm_agent.experiment import ExperimentConfig
+from hrm_agent.hrm import HRMQNetwork
+from hrm_agent.optim import make_optimizers, set_lr
+from hrm_agent.schedules import warmup_constant
+
+
+def labelled_states(config: ExperimentConfig, n: int, seed: int) -> tuple[Tensor, Tensor]:
+    """n observations of fresh episodes (doors shown) and their Q* (n, num_actions)."""
+    env = config.env.make(n, seed=seed, draw_doors_at_reset=True)
+    obs = env.reset(seed=seed)
+    return obs, optimal_q(env, config.train.gamma)
+
+
+def greedy_optimal_rate(q: Tensor, q_star: Tensor) -> float:
+    """Fraction of states whose greedy action under q is optimal under q_star (ties count)."""
+    best = q_star.max(dim=1, keepdim=True).values
+    return (q_star.gather(1, q.argmax(dim=1, keepdim=True)) >= best - 1e-6).float().mean().item()
+
+
+def fit_q_star(config: ExperimentConfig, steps: int, *, train_states: int = 50_000,
+               eval_states: int = 1_000, eval_every: int = 100, seed: int = 0) -> list[dict]:
+    """Regress the config's model onto Q*; one record per `eval_every` steps (and step 0)."""
+    tc = config.train
+    torch.manual_seed(seed)
+    model = HRMQNetwork(config.model)
+    optimizer, task_optimizer = make_optimizers(
+        model, lr=tc.lr, weight_decay=tc.weight_decay, betas=(tc.beta1, tc.beta2),
+        task_lr=tc.task_lr, task_weight_decay=tc.task_weight_decay)
+    x_train, q_train = labelled_states(config, train_states, seed)
+    x_eval, q_eval = labelled_states(config, eval_states, seed + 1)
+    plateau = (q_eval - q_eval.mean(dim=0)).square().mean().item()  # MSE of a constant output
+    generator = torch.Generator().manual_seed(seed)
+
+    def record(step: int) -> dict:
+        with torch.no_grad():
+            q = model(x_eval, model.init_seed(eval_states), segments=1).q
+        return {"step": step, "mse": (q - q_eval).square().mean().item(),
+                "constant_output_mse": plateau, "greedy_optimal": greedy_optimal_rate(q, q_eval)}
+
+    records = [record(0)]
+    for step in range(1, steps + 1):
+        idx = torch.randint(train_states, (tc.batch_size,), generator=generator)
+        carry = model.carry_from_seed(model.init_seed(tc.batch_size))
+        _, q = model.segment(carry, x_train[idx])
+        loss = (q - q_train[idx]).square().mean()
+        optimizer.zero_grad(set_to_none=True)
+        task_optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        set_lr(optimizer, task_optimizer, warmup_constant(tc.lr, tc.lr_warmup_steps, step - 1),
+               base_lr=tc.lr, task_lr=tc.task_lr)
+        optimizer.step()
+        task_optimizer.step()
+        if step % eval_every == 0 or step == steps:
+            records.append(record(step))
+    return records

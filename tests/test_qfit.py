@@ -1,0 +1,43 @@
+"""The Q* regression probe: labels, reproducibility, and the plateau read-out of its bench."""
+from __future__ import annotations
+
+import torch
+
+from hrm_agent.bench.fit import plateau_exit
+from hrm_agent.envs import FourRooms, is_obstacle
+from hrm_agent.experiment import load_profile
+from hrm_agent.qfit import fit_q_star, greedy_optimal_rate, labelled_states
+
+OVERRIDES = ["model.hidden_size=32", "model.segments=2", "train.batch_size=8"]
+
+
+def test_labelled_states_show_the_door_and_have_bounded_values():
+    config = load_profile("cpu-fourrooms", OVERRIDES)
+    obs, q_star = labelled_states(config, 64, seed=0)
+    assert obs.shape == (64, 121) and q_star.shape == (64, 4)
+    assert q_star.max() <= 1.0 and q_star.min() >= -0.01
+    # the closed door is in the observation: one obstacle cell more than the bare map
+    assert (is_obstacle(obs).sum(1) == is_obstacle(FourRooms.map).sum() + 1).all()
+
+
+def test_greedy_optimal_rate_counts_ties_as_optimal():
+    q_star = torch.tensor([[1.0, 1.0, 0.0, 0.0], [0.0, 0.5, 0.9, 0.0]])
+    assert greedy_optimal_rate(torch.tensor([[0.0, 2.0, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0]]), q_star) == 1.0
+    assert greedy_optimal_rate(torch.tensor([[0.0, 0.0, 3.0, 0.0], [0.0, 0.0, 1.0, 0.0]]), q_star) == 0.5
+
+
+def test_fit_is_reproducible_and_reports_every_interval():
+    config = load_profile("cpu-fourrooms", OVERRIDES)
+    kwargs = dict(train_states=64, eval_states=32, eval_every=2, seed=1)
+    first = fit_q_star(config, 5, **kwargs)
+    assert [r["step"] for r in first] == [0, 2, 4, 5]
+    assert first == fit_q_star(config, 5, **kwargs)
+    assert first[0]["mse"] != first[-1]["mse"]  # the optimizer steps change the network
+    assert all(0.0 <= r["greedy_optimal"] <= 1.0 for r in first)
+
+
+def test_plateau_exit_is_the_first_step_below_the_threshold():
+    records = [{"step": s, "mse": m, "constant_output_mse": 0.04}
+               for s, m in [(0, 0.5), (100, 0.039), (200, 0.029), (300, 0.01)]]
+    assert plateau_exit(records) == 200
+    assert plateau_exit(records[:2]) is None

@@ -35,6 +35,8 @@ from hrm_agent.schedules import linear_schedule, warmup_constant
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+# What a resumed run may change: how long it goes on, and the CPU threads it uses.
+EXTENDABLE = ("train.total_steps", "train.max_minutes", "train.num_threads")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -316,7 +318,8 @@ class Trainer:
         if "optimizer" not in state:
             raise CheckpointError(f"{path} is an exported agent without optimizer state; "
                                   "only a run's own checkpoint can be resumed")
-        diff = config_diff(state["config"], self.config.to_dict())
+        diff = [d for d in config_diff(state["config"], self.config.to_dict())
+                if d.split(":")[0] not in EXTENDABLE]
         if diff:
             raise CheckpointError(f"{path} was trained with a different config: " + "; ".join(diff))
         load_module_state(self.model, state["model"], "checkpoint model")

@@ -125,6 +125,14 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
         Trainer(tiny_config("train.total_steps=2", "train.lr=2e-3"), tmp_path, resume=True)
 
 
+def test_a_resumed_run_may_be_extended(tmp_path):
+    Trainer(tiny_config("train.total_steps=4"), tmp_path).train(progress=False)
+    longer = Trainer(tiny_config("train.total_steps=6", "train.max_minutes=30"), tmp_path, resume=True)
+    assert longer.global_step == 4
+    longer.train(progress=False)
+    assert longer.global_step == 6
+
+
 def test_corrupt_truncated_and_foreign_checkpoints_give_clear_errors(tmp_path):
     Trainer(tiny_config("train.total_steps=2"), tmp_path).train(progress=False)
     path = tmp_path / CHECKPOINT

@@ -20,11 +20,13 @@ from hrm_agent.experiment import ExperimentConfig
 from hrm_agent.hrm import HRMQNetwork
 from hrm_agent.optim import make_optimizers, set_lr
 from hrm_agent.schedules import warmup_constant
+from hrm_agent.trainer import resolve_device
 
 
-def labelled_states(config: ExperimentConfig, n: int, seed: int) -> tuple[Tensor, Tensor]:
+def labelled_states(config: ExperimentConfig, n: int, seed: int,
+                    device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
     """n observations of fresh episodes (doors shown) and their Q* (n, num_actions)."""
-    env = config.env.make(n, seed=seed, draw_doors_at_reset=True)
+    env = config.env.make(n, device=device, seed=seed, draw_doors_at_reset=True)
     obs = env.reset(seed=seed)
     return obs, optimal_q(env, config.train.gamma)
 
@@ -39,15 +41,16 @@ def fit_q_star(config: ExperimentConfig, steps: int, *, train_states: int = 50_0
                eval_states: int = 1_000, eval_every: int = 100, seed: int = 0) -> list[dict]:
     """Regress the config's model onto Q*; one record per `eval_every` steps (and step 0)."""
     tc = config.train
+    device = resolve_device(tc.device)
     torch.manual_seed(seed)
-    model = HRMQNetwork(config.model)
+    model = HRMQNetwork(config.model).to(device)
     optimizer, task_optimizer = make_optimizers(
         model, lr=tc.lr, weight_decay=tc.weight_decay, betas=(tc.beta1, tc.beta2),
         task_lr=tc.task_lr, task_weight_decay=tc.task_weight_decay)
-    x_train, q_train = labelled_states(config, train_states, seed)
-    x_eval, q_eval = labelled_states(config, eval_states, seed + 1)
+    x_train, q_train = labelled_states(config, train_states, seed, device)
+    x_eval, q_eval = labelled_states(config, eval_states, seed + 1, device)
     plateau = (q_eval - q_eval.mean(dim=0)).square().mean().item()  # MSE of a constant output
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator(device).manual_seed(seed)
 
     def record(step: int) -> dict:
         with torch.no_grad():
@@ -57,7 +60,7 @@ def fit_q_star(config: ExperimentConfig, steps: int, *, train_states: int = 50_0
 
     records = [record(0)]
     for step in range(1, steps + 1):
-        idx = torch.randint(train_states, (tc.batch_size,), generator=generator)
+        idx = torch.randint(train_states, (tc.batch_size,), generator=generator, device=device)
         carry = model.carry_from_seed(model.init_seed(tc.batch_size))
         _, q = model.segment(carry, x_train[idx])
         loss = (q - q_train[idx]).square().mean()

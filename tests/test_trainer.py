@@ -1,8 +1,10 @@
 import json
+import time
 
 import pytest
 import torch
 
+import hrm_agent.trainer as trainer_module
 from hrm_agent.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from hrm_agent.trainer import CHECKPOINT, METRICS, Trainer, load_agent
 from tests.conftest import tiny_config
@@ -177,10 +179,6 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
 
 def test_validation_time_does_not_count_as_training_time(tmp_path, monkeypatch):
     """max_minutes and the logged minutes measure collect + learn only (the paper's timing)."""
-    import time
-
-    import hrm_agent.trainer as trainer_module
-
     def slow_evaluate(*args, **kwargs):
         time.sleep(0.5)
         return {"success_rate": 0.0}

@@ -19,11 +19,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from hrm_agent.envs.grid import AGENT, FLOOR, GOAL, START, is_obstacle, neighbour_table
+from hrm_agent.envs.grid import (AGENT, FLOOR, GOAL, START, STEP_PENALTY, WIN_REWARD, is_obstacle,
+                                 neighbour_table)
 from hrm_agent.envs.oracle import shortest_path_lengths
 
-STEP_PENALTY = -0.01  # MiniHack `penalty_step`, paid when the agent bumps and does not move
-WIN_REWARD = 1.0
 MIN_DRAW = 64  # fewest episodes drawn at once (matters for small batches only)
 
 

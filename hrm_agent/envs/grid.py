@@ -17,6 +17,9 @@ GOAL = ord(">")  # 62: down staircase
 START = ord("<")  # 60: up staircase, shown once the agent has left it
 OBSTACLE_TOKENS = (WALL_V, WALL_H, DOOR)
 
+STEP_PENALTY = -0.01  # MiniHack `penalty_step`, paid when the agent bumps and does not move
+WIN_REWARD = 1.0  # stepping onto the goal (the episode terminates)
+
 ACTION_NAMES = ("N", "E", "S", "W")  # NLE CompassCardinalDirection order
 MOVES = ((-1, 0), (0, 1), (1, 0), (0, -1))  # (d_row, d_col) per action
 

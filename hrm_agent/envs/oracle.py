@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from hrm_agent.envs.grid import AGENT, GOAL, is_obstacle, neighbour_table
+from hrm_agent.envs.grid import (AGENT, GOAL, STEP_PENALTY, WIN_REWARD, is_obstacle,
+                                 neighbour_table)
 
 
 def distances(obstacles: Tensor, sources: Tensor, targets: Tensor | None = None) -> Tensor:
@@ -83,8 +84,6 @@ def optimal_q(env, gamma: float) -> Tensor:
     The doors do change (p_change), so this is the target of the static-door problem: what a
     value network should roughly represent, used to probe how fast it can (`hrm_agent.qfit`).
     """
-    from hrm_agent.envs.core import STEP_PENALTY, WIN_REWARD
-
     obstacles = env.obstacles()
     dist = distances(obstacles, env.goal).flatten(1).float()
     value = torch.where(dist > 0, gamma ** (dist - 1), 0.0)

@@ -74,13 +74,17 @@ def load_module_state(module: torch.nn.Module, state: dict[str, torch.Tensor], w
     module.load_state_dict(state)
 
 
-def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "") -> list[str]:
-    """Human-readable differences between two nested config dicts."""
+def config_diff(a: dict[str, Any], b: dict[str, Any], prefix: str = "",
+                ignore: tuple[str, ...] = ()) -> list[str]:
+    """Human-readable differences between two nested config dicts, except the dotted keys
+    in `ignore`."""
     out = []
     for key in sorted(a.keys() | b.keys()):
         va, vb = a.get(key, "<absent>"), b.get(key, "<absent>")
+        if f"{prefix}{key}" in ignore:
+            continue
         if isinstance(va, dict) and isinstance(vb, dict):
-            out += config_diff(va, vb, f"{prefix}{key}.")
+            out += config_diff(va, vb, f"{prefix}{key}.", ignore)
         elif va != vb:
             out.append(f"{prefix}{key}: {va!r} != {vb!r}")
     return out

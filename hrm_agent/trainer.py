@@ -318,8 +318,7 @@ class Trainer:
         if "optimizer" not in state:
             raise CheckpointError(f"{path} is an exported agent without optimizer state; "
                                   "only a run's own checkpoint can be resumed")
-        diff = [d for d in config_diff(state["config"], self.config.to_dict())
-                if d.split(":")[0] not in EXTENDABLE]
+        diff = config_diff(state["config"], self.config.to_dict(), ignore=EXTENDABLE)
         if diff:
             raise CheckpointError(f"{path} was trained with a different config: " + "; ".join(diff))
         load_module_state(self.model, state["model"], "checkpoint model")

@@ -4,7 +4,9 @@ DQN asks the network to fit moving, bootstrapped targets; when a run does not le
 separates "the targets are wrong" from "the network cannot fit values at this budget". States
 are drawn as episode starts (doors drawn, so the observation shows them), labelled with
 `optimal_q` (the static-door Q*), and fitted with the profile's model, optimizer and lr
-schedule, one segment per optimizer step on a fresh minibatch, from the Reset Z init.
+schedule, one segment per optimizer step on a fresh minibatch, from the Reset Z init. The
+fitted network can then play real episodes greedily: an upper bound on what DQN could reach
+with the same network, optimizer and number of steps.
 
 What it found (`python -m hrm_agent bench fit`): the output first collapses to the same
 values for every state (MSE = the variance of Q*, the collapse DQN runs show too) and leaves
@@ -12,10 +14,13 @@ that plateau only after ~1,000-2,000 fresh minibatches; see the cpu profiles.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import Tensor
 
 from hrm_agent.envs import optimal_q
+from hrm_agent.evaluate import evaluate
 from hrm_agent.experiment import ExperimentConfig
 from hrm_agent.hrm import HRMQNetwork
 from hrm_agent.optim import make_optimizers, set_lr
@@ -38,12 +43,15 @@ def greedy_optimal_rate(q: Tensor, q_star: Tensor) -> float:
 
 
 def fit_q_star(config: ExperimentConfig, steps: int, *, train_states: int = 50_000,
-               eval_states: int = 1_000, eval_every: int = 100, seed: int = 0) -> list[dict]:
-    """Regress the config's model onto Q*; one record per `eval_every` steps (and step 0)."""
+               eval_states: int = 1_000, eval_every: int = 100, episodes: int = 0,
+               seed: int = 0) -> list[dict]:
+    """Regress the config's model onto Q*; one record per `eval_every` steps (and step 0).
+    With `episodes` > 0 the last record also holds the greedy success rate of the fitted
+    network on that many validation episodes (Reset Z, one segment, as it was trained)."""
     tc = config.train
     device = resolve_device(tc.device)
     torch.manual_seed(seed)
-    model = HRMQNetwork(config.model).to(device)
+    model = HRMQNetwork(dataclasses.replace(config.model, segments=1)).to(device)
     optimizer, task_optimizer = make_optimizers(
         model, lr=tc.lr, weight_decay=tc.weight_decay, betas=(tc.beta1, tc.beta2),
         task_lr=tc.task_lr, task_weight_decay=tc.task_weight_decay)
@@ -73,4 +81,8 @@ def fit_q_star(config: ExperimentConfig, steps: int, *, train_states: int = 50_0
         task_optimizer.step()
         if step % eval_every == 0 or step == steps:
             records.append(record(step))
+    if episodes:
+        played = evaluate(model, config.env, carry_z=False, episodes=episodes,
+                          seed=tc.val_seed, device=device)
+        records[-1]["greedy_success"] = played["success_rate"]
     return records

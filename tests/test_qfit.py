@@ -34,6 +34,15 @@ def test_fit_is_reproducible_and_reports_every_interval():
     assert first == fit_q_star(config, 5, **kwargs)
     assert first[0]["mse"] != first[-1]["mse"]  # the optimizer steps change the network
     assert all(0.0 <= r["greedy_optimal"] <= 1.0 for r in first)
+    assert "greedy_success" not in first[-1]
+
+
+def test_fit_plays_the_fitted_network_on_real_episodes():
+    config = load_profile("cpu-fourrooms", OVERRIDES)
+    records = fit_q_star(config, 2, train_states=64, eval_states=32, eval_every=2, episodes=16)
+    success = records[-1]["greedy_success"]
+    assert success * 16 == round(success * 16) and 0.0 <= success <= 1.0  # a rate over 16 episodes
+    assert all("greedy_success" not in r for r in records[:-1])
 
 
 def test_plateau_exit_is_the_first_step_below_the_threshold():

@@ -2,10 +2,10 @@
 
 DQN asks the network to fit moving, bootstrapped targets; when a run does not learn, this
 separates "the targets are wrong" from "the network cannot fit values at this budget". States
-are drawn as episode starts (doors drawn, so the observation shows them), labelled with
+are met on random walks into fresh episodes (doors drawn from the start), labelled with
 `optimal_q` (the static-door Q*), and fitted with the profile's model, optimizer and lr
 schedule, one segment per optimizer step on a fresh minibatch, from the Reset Z init. The
-fitted network can then play real episodes greedily: an upper bound on what DQN could reach
+fitted network can then play real episodes greedily: a yardstick for what DQN could reach
 with the same network, optimizer and number of steps.
 
 What it found (`python -m hrm_agent bench fit`): the output first collapses to the same
@@ -29,12 +29,21 @@ from hrm_agent.schedules import warmup_constant
 from hrm_agent.trainer import resolve_device
 
 
-def labelled_states(config: ExperimentConfig, n: int, seed: int,
-                    device: torch.device | str = "cpu") -> tuple[Tensor, Tensor]:
-    """n observations of fresh episodes (doors shown) and their Q* (n, num_actions)."""
-    env = config.env.make(n, device=device, seed=seed, draw_doors_at_reset=True)
+def labelled_states(config: ExperimentConfig, n: int, seed: int, device: torch.device | str = "cpu",
+                    walk_steps: int = 20) -> tuple[Tensor, Tensor]:
+    """n observations met on random walks 0..walk_steps-1 steps into fresh episodes (doors
+    shown, the start `<` once left, doors redrawn as in play) and their Q* (n, num_actions)."""
+    envs = -(-n // walk_steps)
+    env = config.env.make(envs, device=device, seed=seed, draw_doors_at_reset=True)
+    generator = torch.Generator(device).manual_seed(seed)
     obs = env.reset(seed=seed)
-    return obs, optimal_q(env, config.train.gamma)
+    observations, q_star = [], []
+    for _ in range(walk_steps):
+        observations.append(obs)
+        q_star.append(optimal_q(env, config.train.gamma))
+        actions = torch.randint(config.model.num_actions, (envs,), device=device, generator=generator)
+        obs = env.step(actions)[0]
+    return torch.cat(observations)[:n], torch.cat(q_star)[:n]
 
 
 def greedy_optimal_rate(q: Tensor, q_star: Tensor) -> float:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from hrm_agent.bench.fit import plateau_exit
-from hrm_agent.envs import FourRooms, is_obstacle
+from hrm_agent.envs import START, FourRooms, is_obstacle
 from hrm_agent.experiment import load_profile
 from hrm_agent.qfit import fit_q_star, greedy_optimal_rate, labelled_states
 
@@ -15,6 +15,8 @@ def test_labelled_states_show_the_door_and_have_bounded_values():
     config = load_profile("cpu-fourrooms", OVERRIDES)
     obs, q_star = labelled_states(config, 64, seed=0)
     assert obs.shape == (64, 121) and q_star.shape == (64, 4)
+    # states from inside episodes too: some show the start `<` the agent has left
+    assert 0 < (obs == START).any(1).sum() < 64
     assert q_star.max() <= 1.0 and q_star.min() >= -0.01
     # the closed door is in the observation: one obstacle cell more than the bare map
     assert (is_obstacle(obs).sum(1) == is_obstacle(FourRooms.map).sum() + 1).all()

@@ -3,8 +3,8 @@
 `python -m hrm_agent bench fit --json` regresses the cpu-fourrooms model onto Q* (see
 `hrm_agent.qfit`) at each learning rate and reports the curve, the step at which the MSE
 first falls below 75% of the constant-output plateau (None: it never left the plateau), and the
-greedy success of the fitted network on the validation episodes: the most a DQN run of as
-many optimizer steps could hope for.
+greedy success of the fitted network on the validation episodes: a yardstick for what a DQN
+run of as many optimizer steps could reach.
 """
 from __future__ import annotations
 

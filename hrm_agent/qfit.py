@@ -10,8 +10,9 @@ with the same network, optimizer and number of steps.
 
 What it found (`python -m hrm_agent bench fit`): the output first collapses to the same
 values for every state (MSE = the variance of Q*, the collapse DQN runs show too) and leaves
-that plateau only after ~1,000-2,000 fresh minibatches; the fitted network then plays far
-worse than its share of optimal actions suggests (65% optimal, 8% success at 3,000 steps; 89% and 44% at 24,000).
+that plateau only after ~750-1,500 fresh minibatches; the fitted network then plays far
+worse than its share of optimal actions suggests (65% optimal, 8% success at 3,000 steps;
+89% and 44% at 24,000).
 """
 from __future__ import annotations
 

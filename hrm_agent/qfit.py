@@ -73,15 +73,15 @@ def fit_q_star(config: ExperimentConfig, steps: int, *, train_states: int = 50_0
 
     def record(step: int) -> dict:
         with torch.no_grad():
-            q = model(x_eval, model.init_seed(eval_states), segments=1).q
+            q = model(x_eval, model.init_seed(eval_states)).q
         return {"step": step, "mse": (q - q_eval).square().mean().item(),
                 "constant_output_mse": plateau, "greedy_optimal": greedy_optimal_rate(q, q_eval)}
 
     records = [record(0)]
+    init = model.carry_from_seed(model.init_seed(tc.batch_size))  # Reset Z: the same every step
     for step in range(1, steps + 1):
         idx = torch.randint(train_states, (tc.batch_size,), generator=generator, device=device)
-        carry = model.carry_from_seed(model.init_seed(tc.batch_size))
-        _, q = model.segment(carry, x_train[idx])
+        _, q = model.segment(init, x_train[idx])
         loss = (q - q_train[idx]).square().mean()
         optimizer.zero_grad(set_to_none=True)
         task_optimizer.zero_grad(set_to_none=True)

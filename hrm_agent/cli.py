@@ -61,6 +61,22 @@ def _export(args: argparse.Namespace) -> None:
     print(export_agent(args.checkpoint, args.out))
 
 
+def _gpu_job(args: argparse.Namespace) -> None:
+    from hrm_agent.gpujob import gpu_job
+
+    runs = args.runs.split(",") if args.runs else None
+    gpu_job(args.out, minutes=args.minutes, runs=runs, parallel=args.parallel,
+            carried=args.carried, device=args.device, toy=args.toy, compile_mode=args.compile,
+            work=args.work)
+
+
+def _gpu_import(args: argparse.Namespace) -> None:
+    from hrm_agent.gpujob import import_window
+
+    for path in import_window(args.src, args.into, None if args.no_agents else args.agents):
+        print(path)
+
+
 def _render(args: argparse.Namespace) -> None:
     from hrm_agent.envs.render import save_env_figures
 
@@ -122,6 +138,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("gpu-job", help="one GPU window: report, smoke test, then train the paper "
+                       "runs until the deadline, mirroring checkpoints and metrics into OUT")
+    p.add_argument("--out", required=True, help="an empty folder: what the window returns")
+    p.add_argument("--from", dest="carried", metavar="DIR",
+                   help="resume each run from DIR/<run>/checkpoint.pt when there (pretrained/gpu-runs)")
+    p.add_argument("--minutes", type=float, default=8.5, help="wall-clock budget, smoke test included")
+    p.add_argument("--runs", help="comma-separated subset, in priority order (default: all four)")
+    p.add_argument("--parallel", type=int, default=0,
+                   help="runs at once (default: all on CUDA, one on a CPU)")
+    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
+                   help="auto: use torch.compile if the smoke test finds it faster")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
+                   help="cpu: a dry run (with --toy, seconds)")
+    p.add_argument("--toy", action="store_true", help="tiny model and batches (the CPU dry run)")
+    p.add_argument("--work", help="local folder for the run directories (default: a temp dir)")
+    p.set_defaults(func=_gpu_job)
+
+    p = sub.add_parser("gpu-import", help="file a gpu-job window's output into the repo")
+    p.add_argument("src", help="the folder the window returned (the job's --out)")
+    p.add_argument("--into", default="pretrained/gpu-runs", help="runs and their history")
+    p.add_argument("--agents", default="pretrained", help="where improved best agents are exported")
+    p.add_argument("--no-agents", action="store_true", help="do not export agents")
+    p.set_defaults(func=_gpu_import)
 
     p = sub.add_parser("render", help="write PNG renderings of both environments")
     p.add_argument("--out", default="figures")

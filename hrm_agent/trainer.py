@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import threading
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,6 +37,7 @@ from hrm_agent.schedules import linear_schedule, warmup_constant
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
+BEST = "best.pt"  # the exported agent of the best validation so far
 # What a resumed run may change: how long it goes on, and the CPU threads it uses.
 EXTENDABLE = ("train.total_steps", "train.max_minutes", "train.num_threads")
 
@@ -105,6 +108,8 @@ class Trainer:
         self.env_steps = 0  # transitions collected
         self.train_seconds = 0.0
         self.last_val: dict[str, float] = {}
+        self.best_val: dict[str, float] = {}  # the validation of the agent in BEST
+        self.stop_requested = False
         self._window = self._new_window()
         self.stopwatch = Stopwatch(self.device, enabled=timed)
         if resume:
@@ -202,7 +207,7 @@ class Trainer:
                        dynamic_ncols=True, desc="train")
         self._write_config()
         last_log = (self.train_seconds, self.global_step, self.env_steps)
-        while self.global_step < tc.total_steps:
+        while self.global_step < tc.total_steps and not self.stop_requested:
             before = self.global_step
             # Only collecting and learning count as training time (the paper's "training-step
             # time"): validation of an untrained agent can cost as much as hundreds of steps.
@@ -228,10 +233,28 @@ class Trainer:
                 break
         if bar is not None:
             bar.close()
-        if not self.last_val or self.last_val.get("step") != self.global_step:
+        # A stop request (SIGTERM from a job's deadline) saves at once: no final validation.
+        if not self.stop_requested and self.last_val.get("step") != self.global_step:
             self.validate()
         self.save()
         return self.last_val
+
+    @contextmanager
+    def stop_on_signals(self, signals=(signal.SIGTERM, signal.SIGINT)):
+        """While inside, SIGTERM / Ctrl-C finish the current cycle, checkpoint and return
+        instead of killing the run mid-cycle (a job's wall-clock deadline, a notebook's
+        interrupt). Outside the main thread signals cannot be caught: a no-op there."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        def request_stop(signum, frame):
+            self.stop_requested = True
+        previous = {sig: signal.signal(sig, request_stop) for sig in signals}
+        try:
+            yield
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     def _crossed(self, before: int, interval: int) -> bool:
         return self.global_step // interval > before // interval
@@ -243,6 +266,9 @@ class Trainer:
         self.last_val = {"step": self.global_step, **metrics}
         self._append_metrics({"kind": "val", "env_steps": self.env_steps,
                               "minutes": self.train_seconds / 60, **self.last_val})
+        if self.out_dir is not None and _better(self.last_val, self.best_val):
+            self.best_val = self.last_val
+            save_checkpoint(agent_state(self.state_dict()), self.out_dir / BEST)
         return self.last_val
 
     # -- logging ----------------------------------------------------------------------------
@@ -303,6 +329,7 @@ class Trainer:
             "counters": {"global_step": self.global_step, "env_steps": self.env_steps,
                          "train_seconds": self.train_seconds},
             "last_val": self.last_val,
+            "best_val": self.best_val,
         }
 
     def save(self) -> Path | None:
@@ -335,10 +362,11 @@ class Trainer:
         self.env_steps = counters["env_steps"]
         self.train_seconds = counters["train_seconds"]
         self.last_val = state["last_val"]
+        self.best_val = state.get("best_val", {})
         self._truncate_metrics()
 
     def _claim_out_dir(self, overwrite: bool) -> None:
-        used = [self.out_dir / name for name in (CHECKPOINT, METRICS)
+        used = [self.out_dir / name for name in (CHECKPOINT, METRICS, BEST)
                 if (self.out_dir / name).exists()]
         if used and not overwrite:
             raise ValueError(f"{self.out_dir} already holds a run; pass --resume to continue it "
@@ -370,7 +398,8 @@ def run_training(profile: str, out: str | Path, *, carry_z: bool | None = None,
         overrides.append(f"train.max_minutes={minutes}")
     config = load_profile(profile, overrides)
     trainer = Trainer(config, out, resume=resume, overwrite=overwrite)
-    return trainer.train(progress=progress)
+    with trainer.stop_on_signals():
+        return trainer.train(progress=progress)
 
 
 def config_of_checkpoint(state: dict[str, Any]) -> ExperimentConfig:
@@ -387,8 +416,20 @@ def load_agent(path: str | Path, device="cpu") -> tuple[HRMQNetwork, ExperimentC
     return model, config
 
 
+def agent_state(state: dict[str, Any]) -> dict[str, Any]:
+    """What acting needs of a checkpoint (config, online net, counters, last validation): small
+    enough to commit, loadable by `load_agent`."""
+    return {key: state[key] for key in ("config", "model", "counters", "last_val")}
+
+
+def _better(val: dict[str, float], best: dict[str, float]) -> bool:
+    """Higher success wins; at equal success, shorter episodes."""
+    if not best:
+        return True
+    return ((val["success_rate"], -val["mean_episode_length"])
+            > (best["success_rate"], -best["mean_episode_length"]))
+
+
 def export_agent(checkpoint: str | Path, out: str | Path) -> Path:
-    """Keep what acting needs (config, online net, counters, last validation): a checkpoint
-    small enough to commit, loadable by `load_agent`."""
-    state = load_checkpoint(checkpoint)
-    return save_checkpoint({key: state[key] for key in ("config", "model", "counters", "last_val")}, out)
+    """The agent of a run's checkpoint, as `agent_state`, written to `out`."""
+    return save_checkpoint(agent_state(load_checkpoint(checkpoint)), out)

@@ -1,7 +1,8 @@
 """The paper's two dynamic-door environments as batched torch tensors (paper-notes §1).
 
-`FourRooms` and `Maze` step B envs in one call; `make_env` builds one by name; the gymnasium
-versions are registered as `hrm_agent/FourRooms-v0` and `hrm_agent/Maze-v0` on import.
+`FourRooms` and `Maze` step B envs in one call; `make_env` builds one by name. The gymnasium
+versions live in `hrm_agent.envs.gym`, imported only by whoever uses them, so training needs no
+gymnasium (`import hrm_agent` registers their ids when gymnasium is installed).
 """
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from hrm_agent.envs.core import DynamicDoorsEnv
 from hrm_agent.envs.fourrooms import FourRooms
 from hrm_agent.envs.grid import (ACTION_NAMES, AGENT, DOOR, FLOOR, GOAL, OBSTACLE_TOKENS, START,
                                  WALL_H, WALL_V, is_obstacle)
-from hrm_agent.envs.gym import register_envs
 from hrm_agent.envs.maze import Maze
 from hrm_agent.envs.oracle import (distances, grid_path_lengths, grid_shortest_path,
                                    optimal_q, oracle_actions, shortest_path_lengths)
@@ -23,8 +23,6 @@ def make_env(name: str, num_envs: int = 1, **kwargs) -> DynamicDoorsEnv:
         raise ValueError(f"unknown env {name!r}; choose one of {', '.join(ENVS)}")
     return ENVS[name](num_envs, **kwargs)
 
-
-register_envs()
 
 __all__ = [
     "ACTION_NAMES", "AGENT", "DOOR", "ENVS", "FLOOR", "GOAL", "OBSTACLE_TOKENS", "START",

@@ -22,10 +22,6 @@ from hrm_agent.envs.fourrooms import FourRooms
 from hrm_agent.envs.maze import Maze
 from hrm_agent.envs.render import render_ascii, render_rgb
 
-IDS = {"hrm_agent/FourRooms-v0": ("FourRoomsEnv", "FourRoomsVectorEnv"),
-       "hrm_agent/Maze-v0": ("MazeEnv", "MazeVectorEnv")}
-
-
 def _spaces(core: DynamicDoorsEnv) -> tuple[spaces.Box, spaces.Discrete]:
     """Observation: the row-major token crop (ASCII codes); action: N, E, S, W."""
     return (spaces.Box(0, 127, (core.seq_len,), np.uint8), spaces.Discrete(core.num_actions))
@@ -130,10 +126,3 @@ class FourRoomsVectorEnv(GridVectorEnv):
 class MazeVectorEnv(GridVectorEnv):
     core_class = Maze
 
-
-def register_envs() -> None:
-    """Register both ids with gymnasium (once; re-importing is harmless)."""
-    for env_id, (single, vector) in IDS.items():
-        if env_id not in gymnasium.registry:
-            gymnasium.register(env_id, entry_point=f"{__name__}:{single}",
-                               vector_entry_point=f"{__name__}:{vector}")

@@ -1,0 +1,421 @@
+"""The GPU training job: one command that turns a short, rare GPU window into trained agents.
+
+`python3 -m hrm_agent gpu-job --out $OUT --from pretrained/gpu-runs`, run from the repo root
+with the machine's own python3 (torch, numpy and tqdm are all it needs), does in one go:
+1. report: GPU, torch, triton, and whether triton has a C compiler;
+2. smoke: a few optimizer steps of the paper profile in a subprocess, eager then compiled,
+   printing optimizer steps/s; the compiled path is kept only if it runs and is faster;
+3. the queue, in priority order (`RUNS`): each an ordinary `hrm_agent train` run in a local
+   work folder, `--parallel` at a time, resumed from `--from` when that holds its checkpoint,
+   and stopped by SIGTERM at its wall-clock deadline (the trainer then checkpoints at once).
+While the runs go, everything that must come back is mirrored into `--out`, each file replaced
+atomically, as at most 8 flat files (the GPU machine's return limits): `<run>.pt` (resumable
+checkpoint, no replay), `metrics.jsonl` (every run's records, tagged with `run`), `best.pt`
+(each run's best validated agent), `job.log` and `job.json` (report, smoke, per-run summary).
+A job killed at any moment leaves the last mirrored checkpoints whole. `hrm_agent gpu-import`
+files what came back into the repo (`pretrained/gpu-runs/`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hrm_agent.checkpoint import CheckpointError, config_diff, load_checkpoint, save_checkpoint
+from hrm_agent.experiment import load_profile
+from hrm_agent.trainer import BEST, CHECKPOINT, EXTENDABLE, METRICS, _better, agent_state
+
+# run name -> (profile, carry_z), in priority order
+RUNS = {"fourrooms-carry-z": ("paper-fourrooms", True), "fourrooms-reset-z": ("paper-fourrooms", False),
+        "maze-carry-z": ("paper-maze", True), "maze-reset-z": ("paper-maze", False)}
+# Fresh runs validate and checkpoint every 1,000 steps, so a window of minutes sees several
+# validations, and the best agent and a resumable checkpoint are never far behind.
+JOB_SETTINGS = ["train.val_interval=1000", "train.checkpoint_interval=1000", "train.log_interval=250"]
+# `--toy`: the paper's structure at a size a CPU runs in seconds (the dry run in the tests).
+TOY = ["model.hidden_size=32", "model.H_layers=1", "model.L_layers=1", "model.segments=2",
+       "env.num_envs=8", "env.max_steps=20", "train.batch_size=16", "train.buffer_capacity=4096",
+       "train.learning_starts=16", "train.val_episodes=16", "train.val_interval=8",
+       "train.checkpoint_interval=8", "train.log_interval=8"]
+GRACE_S = 45  # after SIGTERM, how long a run may take to checkpoint before it is killed
+# (at most a tenth of the budget, and 10 s, so a minute's dry run still trains)
+POLL_S = 2.0
+
+
+class JobError(ValueError):
+    """The job cannot start: no CUDA device, a used output folder, a carried checkpoint that
+    does not fit its run."""
+
+
+def run_overrides(name: str, toy: bool) -> list[str]:
+    profile, carry_z = RUNS[name]
+    return [f"train.carry_z={str(carry_z).lower()}", *JOB_SETTINGS, *(TOY if toy else [])]
+
+
+def report() -> dict[str, Any]:
+    """What this machine offers: the GPU, torch, and whether triton can compile (it needs a C
+    compiler for its launchers; without one `torch.compile` fails on CUDA)."""
+    info: dict[str, Any] = {"python": sys.version.split()[0], "torch": torch.__version__,
+                            "cuda": torch.version.cuda, "cpus": os.cpu_count()}
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        info.update(gpu=props.name, gpu_memory_gib=round(props.total_memory / 2**30, 1),
+                    capability=f"{props.major}.{props.minor}", sms=props.multi_processor_count)
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    info["c_compiler"] = next((shutil.which(cc) for cc in (os.environ.get("CC"), "cc", "gcc", "clang")
+                               if cc and shutil.which(cc)), None)
+    return info
+
+
+class Log:
+    """Lines to stdout and to `job.log`, each flushed at once (a kill loses nothing written)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __call__(self, message: str) -> None:
+        line = f"[{time.strftime('%H:%M:%S')}] {message}"
+        print(line, flush=True)
+        with self.path.open("a") as f:
+            f.write(line + "\n")
+
+
+def atomic_write(path: Path, write) -> None:
+    """`write(tmp_path)` then rename over `path`: a reader (or a kill) never sees half a file."""
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_records(path: Path) -> list[dict]:
+    """The complete lines of a metrics file; a torn last line (a write in flight) is skipped."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return records
+
+
+def train_command(run_dir: Path, name: str, resume: bool, overrides: list[str]) -> list[str]:
+    cmd = [sys.executable, "-m", "hrm_agent", "train", "--out", str(run_dir), "--no-progress"]
+    cmd += ["--resume"] if resume else ["--profile", RUNS[name][0], "--overwrite"]
+    for override in overrides:
+        cmd += ["--set", override]
+    return cmd
+
+
+@dataclass
+class Run:
+    name: str
+    dir: Path
+    resumed: bool
+    start_step: int = 0
+    process: subprocess.Popen | None = None
+    deadline: float = math.inf
+    state: str = "queued"  # queued, running, stopping, done, failed
+    seen: dict[str, int] = field(default_factory=dict)  # file -> mtime_ns mirrored
+    records: list[dict] = field(default_factory=list)
+    started: float = 0.0
+    wall_s: float = 0.0
+    error: str = ""
+
+    def summary(self) -> dict[str, Any]:
+        train = [r for r in self.records if r.get("kind") == "train"]
+        vals = [r for r in self.records if r.get("kind") == "val"]
+        return {"state": self.state, "resumed": self.resumed, "wall_s": round(self.wall_s, 1),
+                "start_step": self.start_step,
+                "step": max((r["step"] for r in self.records), default=0),
+                "optimizer_steps_per_s": train[-1]["optimizer_steps_per_s"] if train else None,
+                "last_val": vals[-1] if vals else None, "error": self.error}
+
+
+class Job:
+    def __init__(self, out: Path, work: Path, runs: list[str], *, minutes: float, parallel: int,
+                 carried: Path | None, toy: bool, compile_mode: str, device: str):
+        self.out, self.work, self.toy = out, work, toy
+        self.started = time.monotonic()
+        self.end = self.started + 60 * minutes
+        self.grace = min(GRACE_S, max(10.0, 6 * minutes))
+        self.parallel, self.compile_mode, self.device = parallel, compile_mode, device
+        self.env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if device == "cpu":
+            self.env["CUDA_VISIBLE_DEVICES"] = ""  # a dry run never touches a GPU
+        cores = os.cpu_count() or 1
+        self.env["OMP_NUM_THREADS"] = str(max(1, cores // max(parallel, 1)))
+        self.log = Log(out / "job.log")
+        self.info: dict[str, Any] = {"report": report(), "minutes": minutes, "parallel": parallel,
+                                     "toy": toy, "runs": {}}
+        self.runs = [self._prepare(name, carried) for name in runs]
+
+    # -- preparation ----------------------------------------------------------------------
+    def _prepare(self, name: str, carried: Path | None) -> Run:
+        """A fresh run folder, or one holding the carried checkpoint and history to resume."""
+        run_dir = self.work / name
+        shutil.rmtree(run_dir, ignore_errors=True)
+        run_dir.mkdir(parents=True)
+        source = carried / name / CHECKPOINT if carried else None
+        if source is None or not source.is_file():
+            return Run(name, run_dir, resumed=False)
+        try:
+            state = load_checkpoint(source)
+        except CheckpointError as exc:
+            raise JobError(f"run {name}: {exc}") from None
+        expected = load_profile(RUNS[name][0], run_overrides(name, self.toy)).to_dict()
+        diff = config_diff(state["config"], expected, ignore=EXTENDABLE)
+        if diff:
+            raise JobError(f"run {name}: carried checkpoint {source} does not fit the job's "
+                           f"{'toy ' if self.toy else ''}config: " + "; ".join(diff[:3]))
+        shutil.copy2(source, run_dir / CHECKPOINT)
+        if (source.parent / METRICS).is_file():
+            shutil.copy2(source.parent / METRICS, run_dir / METRICS)
+        return Run(name, run_dir, resumed=True, start_step=state["counters"]["global_step"])
+
+    # -- smoke ----------------------------------------------------------------------------
+    def smoke(self, compiled: bool, timeout_s: float) -> dict[str, Any]:
+        """A few optimizer steps of paper-fourrooms (Carry Z) in a subprocess: steps/s of the
+        last logged window, i.e. after the first cycle's warm-up (and compilation)."""
+        run_dir = self.work / f"smoke-{'compiled' if compiled else 'eager'}"
+        steps = 16 if self.toy else 48
+        overrides = [*run_overrides("fourrooms-carry-z", self.toy), f"train.total_steps={steps}",
+                     "train.log_interval=8", "train.val_interval=100000",
+                     f"model.compile={str(compiled).lower()}"]
+        cmd = train_command(run_dir, "fourrooms-carry-z", False, overrides)
+        start = time.monotonic()
+        try:
+            proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            return {"ok": False, "reason": f"timed out after {timeout_s:.0f} s"}
+        if proc.returncode:
+            lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
+            return {"ok": False, "reason": lines[-1][:300]}
+        train = [r for r in read_records(run_dir / METRICS) if r["kind"] == "train"]
+        return {"ok": True, "wall_s": round(time.monotonic() - start, 1),
+                "optimizer_steps_per_s": train[-1]["optimizer_steps_per_s"]}
+
+    def choose_compile(self) -> bool:
+        eager = self.smoke(False, timeout_s=120)
+        self.info["smoke"] = {"eager": eager}
+        if not eager["ok"]:
+            raise JobError(f"smoke test failed (eager): {eager['reason']}")
+        self.log(f"smoke eager: {eager['optimizer_steps_per_s']:.1f} optimizer steps/s "
+                 f"({eager['wall_s']} s)")
+        if self.compile_mode == "off":
+            return False
+        compiled = self.smoke(True, timeout_s=150)
+        self.info["smoke"]["compiled"] = compiled
+        if not compiled["ok"]:
+            self.log(f"compiled path unavailable, training eager: {compiled['reason']}")
+            return False
+        faster = compiled["optimizer_steps_per_s"] > eager["optimizer_steps_per_s"]
+        self.log(f"smoke compiled: {compiled['optimizer_steps_per_s']:.1f} optimizer steps/s "
+                 f"({compiled['wall_s']} s); training {'compiled' if faster else 'eager (not faster)'}")
+        return faster or self.compile_mode == "on"
+
+    # -- the queue ------------------------------------------------------------------------
+    def launch(self, run: Run, compiled: bool, deadline: float) -> None:
+        overrides = ([] if run.resumed else run_overrides(run.name, self.toy))
+        overrides.append(f"model.compile={str(compiled).lower()}")
+        cmd = train_command(run.dir, run.name, run.resumed, overrides)
+        log = (run.dir / "train.log").open("w")
+        run.process = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        run.state, run.deadline, run.started = "running", deadline, time.monotonic()
+        self.log(f"{run.name}: {'resumed' if run.resumed else 'started'} (pid {run.process.pid}), "
+                 f"until {time.strftime('%H:%M:%S', time.localtime(time.time() + deadline - time.monotonic()))}")
+
+    def poll(self, run: Run) -> None:
+        now = time.monotonic()
+        if run.state == "running" and now >= run.deadline:
+            run.process.send_signal(signal.SIGTERM)
+            run.state, run.deadline = "stopping", now + self.grace
+        elif run.state == "stopping" and now >= run.deadline:
+            run.process.kill()
+            run.deadline = math.inf
+            self.log(f"{run.name}: killed {self.grace:.0f} s after SIGTERM")
+        code = run.process.poll()
+        if code is None:
+            return
+        run.wall_s = now - run.started
+        if code == 0 or run.state == "stopping":  # a signal we sent: what was saved stays
+            run.state = "done" if code == 0 else f"stopped (exit {code})"
+            return
+        run.state = "failed"
+        lines = (run.dir / "train.log").read_text().strip().splitlines() or ["no output"]
+        run.error = lines[-1][:300]
+        self.log(f"{run.name}: failed (exit {code}): {run.error}")
+
+    def mirror(self) -> None:
+        """Copy what changed into `out`; a failed write (full disk) is logged, the previous
+        copy stays whole, and the job goes on."""
+        try:
+            self._mirror()
+        except OSError as exc:
+            self.log(f"could not write to {self.out}: {exc}")
+
+    def _mirror(self) -> None:
+        changed_best = False
+        for run in self.runs:
+            for name in (CHECKPOINT, BEST, METRICS):
+                path = run.dir / name
+                if not path.is_file() or run.seen.get(name) == path.stat().st_mtime_ns:
+                    continue
+                run.seen[name] = path.stat().st_mtime_ns
+                if name == CHECKPOINT:
+                    atomic_write(self.out / f"{run.name}.pt", lambda tmp: shutil.copyfile(path, tmp))
+                elif name == BEST:
+                    changed_best = True
+                else:
+                    records = read_records(path)
+                    for r in records[len(run.records):]:
+                        if r.get("kind") in ("val", "resume"):
+                            self.log(f"{run.name}: {json.dumps(r)}")
+                        elif r.get("kind") == "train":
+                            self.log(f"{run.name}: step {r['step']} loss {r['loss']:.4g} "
+                                     f"{r['optimizer_steps_per_s']:.1f} steps/s eps {r['epsilon']:.3f}")
+                    run.records = records
+        if any(run.seen.get(METRICS) for run in self.runs):
+            lines = "".join(json.dumps({"run": run.name, **r}) + "\n"
+                            for run in self.runs for r in run.records)
+            atomic_write(self.out / METRICS, lambda tmp: tmp.write_text(lines))
+        if changed_best:
+            best = {run.name: load_checkpoint(run.dir / BEST) for run in self.runs
+                    if (run.dir / BEST).is_file()}
+            atomic_write(self.out / BEST, lambda tmp: save_checkpoint({"agents": best}, tmp))
+        self.info["runs"] = {run.name: run.summary() for run in self.runs}
+        atomic_write(self.out / "job.json", lambda tmp: tmp.write_text(json.dumps(self.info, indent=1)))
+
+    def train(self, compiled: bool) -> None:
+        queue = list(self.runs)
+        while queue:
+            wave, queue = queue[: self.parallel], queue[self.parallel:]
+            waves_left = 1 + math.ceil(len(queue) / self.parallel)
+            deadline = time.monotonic() + (self.end - self.grace - time.monotonic()) / waves_left
+            for run in wave:
+                if deadline > time.monotonic():
+                    self.launch(run, compiled, deadline)
+                else:
+                    run.state = "skipped"
+                    self.log(f"{run.name}: skipped, no time left in the budget")
+            while any(run.state in ("running", "stopping") for run in wave):
+                time.sleep(POLL_S)
+                for run in wave:
+                    if run.state in ("running", "stopping"):
+                        self.poll(run)
+                self.mirror()
+        self.mirror()
+
+    def run(self) -> dict[str, Any]:
+        self.log("report: " + json.dumps(self.info["report"]))
+        self.mirror()
+        compiled = self.choose_compile()
+        self.info["compiled"] = compiled
+        self.train(compiled)
+        self.info["wall_s"] = round(time.monotonic() - self.started, 1)
+        self.mirror()
+        for name, summary in self.info["runs"].items():
+            self.log(f"{name}: {summary['state']}, step {summary['step']}, "
+                     f"{summary['optimizer_steps_per_s']} steps/s, wall {summary['wall_s']} s")
+        return self.info
+
+
+def gpu_job(out: str | Path, *, minutes: float = 8.5, runs: list[str] | None = None,
+            parallel: int = 0, carried: str | Path | None = None, device: str = "cuda",
+            toy: bool = False, compile_mode: str = "auto", work: str | Path | None = None
+            ) -> dict[str, Any]:
+    """Run the job (see the module docstring); returns what `job.json` holds."""
+    if device not in ("cuda", "cpu"):
+        raise JobError(f"--device must be cuda or cpu, got {device!r}")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise JobError(f"no CUDA device visible to torch {torch.__version__} "
+                       f"(CUDA build: {torch.version.cuda}); use --device cpu for a dry run")
+    runs = list(RUNS) if runs is None else runs
+    unknown = [name for name in runs if name not in RUNS]
+    if unknown or not runs:
+        raise JobError(f"unknown run(s) {unknown}; choose from {', '.join(RUNS)}")
+    if minutes <= 0:
+        raise JobError(f"--minutes must be > 0, got {minutes}")
+    if parallel < 0:
+        raise JobError(f"--parallel must be >= 0 (0: all runs at once on CUDA, one on a CPU), got {parallel}")
+    if carried is not None and not Path(carried).is_dir():
+        raise JobError(f"--from {carried} is not a folder")
+    out = Path(out)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise JobError(f"--out {out} is not an empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    work = Path(work) if work else Path(tempfile.mkdtemp(prefix="hrm-gpu-job-"))
+    parallel = parallel or (len(runs) if device == "cuda" else 1)
+    if compile_mode == "auto" and device == "cpu":
+        compile_mode = "off"  # inductor's C++ compile costs more than a dry run's minutes
+    job = Job(out, work, runs, minutes=minutes, parallel=parallel, toy=toy, device=device,
+              carried=Path(carried) if carried else None, compile_mode=compile_mode)
+    return job.run()
+
+
+def import_window(src: str | Path, into: str | Path = "pretrained/gpu-runs",
+                  agents: str | Path | None = "pretrained") -> list[str]:
+    """File one window's output (`src`, the job's `--out`) into the repo: each run's checkpoint
+    and full metrics history under `into/<run>/`, the window's `job.json` appended to
+    `into/windows.jsonl`, and each improved best agent as `agents/<run>/agent.pt` (with the
+    run's config.json and metrics.jsonl beside it). Returns the paths written."""
+    src, into = Path(src), Path(into)
+    if not (src / "job.json").is_file():
+        raise FileNotFoundError(f"{src} holds no job.json: is it a gpu-job output folder?")
+    info = json.loads((src / "job.json").read_text())
+    written = []
+    by_run: dict[str, list[dict]] = {}
+    for record in read_records(src / METRICS):
+        by_run.setdefault(record.pop("run"), []).append(record)
+    for name in info["runs"]:
+        run_dir = into / name
+        run_dir.mkdir(parents=True, exist_ok=True)
+        if (src / f"{name}.pt").is_file():
+            shutil.copyfile(src / f"{name}.pt", run_dir / CHECKPOINT)
+            written.append(str(run_dir / CHECKPOINT))
+        if name in by_run:  # the full history: a resumed run's file started from the carried one
+            (run_dir / METRICS).write_text("".join(json.dumps(r) + "\n" for r in by_run[name]))
+            written.append(str(run_dir / METRICS))
+    with (into / "windows.jsonl").open("a") as f:
+        f.write(json.dumps({"date": time.strftime("%Y-%m-%d"), **info}) + "\n")
+    written.append(str(into / "windows.jsonl"))
+    if agents is not None and (src / BEST).is_file():
+        for name, agent in torch.load(src / BEST, weights_only=True)["agents"].items():
+            target = Path(agents) / name
+            current = target / "agent.pt"
+            if current.is_file() and not _better(agent["last_val"], _rank(current, agent)):
+                continue
+            save_checkpoint(agent_state(agent), current)
+            (target / "config.json").write_text(json.dumps(agent["config"], indent=2))
+            shutil.copyfile(into / name / METRICS, target / METRICS)
+            written.append(str(current))
+    return written
+
+
+def _rank(agent_path: Path, new: dict[str, Any]) -> dict[str, float]:
+    """The validation the agent at `agent_path` holds its place with: none (so it is replaced)
+    when it comes from another profile, whose validation used other episodes."""
+    state = load_checkpoint(agent_path)
+    same = state["config"].get("description") == new["config"].get("description")
+    return state["last_val"] if same else {}

@@ -1,0 +1,125 @@
+"""The GPU training job, dry-run on the CPU at toy scale: report, smoke, a queue of two runs in
+parallel stopped at their deadline, the files a GPU window returns, and a second window that
+resumes from them after `gpu-import`."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from hrm_agent.cli import main
+from hrm_agent.gpujob import atomic_write, gpu_job, import_window
+from hrm_agent.trainer import CHECKPOINT, METRICS
+
+RUNS = ["fourrooms-carry-z", "maze-reset-z"]
+
+
+def _job(out, tmp_path, **kwargs):
+    return gpu_job(out, device="cpu", toy=True, minutes=1.0, runs=RUNS, parallel=2,
+                   work=tmp_path / "work", **kwargs)
+
+
+@pytest.mark.slow
+def test_dry_run_returns_resumable_runs_and_a_second_window_resumes_them(tmp_path):
+    info = _job(tmp_path / "out1", tmp_path)
+    out = tmp_path / "out1"
+    files = sorted(p.name for p in out.iterdir())
+    assert all(p.is_file() for p in out.iterdir()) and len(files) <= 8  # the device's limits
+    assert files == sorted(["job.log", "job.json", METRICS, "best.pt", *(f"{r}.pt" for r in RUNS)])
+    assert info["smoke"]["eager"]["ok"] and info["smoke"]["eager"]["optimizer_steps_per_s"] > 0
+    records = [json.loads(line) for line in (out / METRICS).read_text().splitlines()]
+    for run in RUNS:
+        summary = info["runs"][run]
+        # stopped by SIGTERM at the deadline, the trainer checkpoints and exits cleanly
+        assert summary["state"] == "done" and summary["step"] > 0, summary
+        state = torch.load(out / f"{run}.pt", weights_only=True)
+        assert "storage" not in state["replay"]  # no replay buffer comes back
+        steps = [r["step"] for r in records if r["run"] == run]
+        assert state["counters"]["global_step"] == max(steps)
+
+    into, agents = tmp_path / "gpu-runs", tmp_path / "agents"
+    import_window(out, into, agents)
+    assert len((into / "windows.jsonl").read_text().splitlines()) == 1
+    for run in RUNS:
+        assert (into / run / CHECKPOINT).is_file() and (agents / run / "agent.pt").is_file()
+
+    info2 = _job(tmp_path / "out2", tmp_path, carried=into)
+    for run in RUNS:
+        summary = info2["runs"][run]
+        assert summary["resumed"] and summary["state"] == "done", summary
+        assert summary["start_step"] == info["runs"][run]["step"]
+        assert summary["step"] > summary["start_step"]
+    records2 = [json.loads(line) for line in (tmp_path / "out2" / METRICS).read_text().splitlines()]
+    first = [r for r in records if r["run"] == RUNS[0]]
+    assert [r for r in records2 if r["run"] == RUNS[0]][: len(first)] == first  # history kept
+
+
+def test_job_input_errors_are_one_line(tmp_path, capsys):
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit) as exit_info:
+            main(["gpu-job", "--out", str(tmp_path / "o")])
+        assert exit_info.value.code == 2
+        err = capsys.readouterr().err
+        assert "no CUDA device" in err and len(err.strip().splitlines()) == 1
+    (tmp_path / "used").mkdir()
+    (tmp_path / "used" / "x").write_text("x")
+    with pytest.raises(ValueError, match="not an empty folder"):
+        _job(tmp_path / "used", tmp_path)
+    with pytest.raises(ValueError, match="unknown run"):
+        gpu_job(tmp_path / "o2", device="cpu", toy=True, runs=["fourrooms"])
+
+
+def test_a_carried_checkpoint_of_another_config_is_refused_before_anything_runs(tmp_path):
+    from hrm_agent.experiment import load_profile
+    from hrm_agent.gpujob import TOY, run_overrides
+    from hrm_agent.trainer import Trainer
+
+    carried = tmp_path / "carried" / "fourrooms-carry-z"
+    config = load_profile("paper-fourrooms", [*run_overrides("fourrooms-carry-z", True),
+                                              "model.hidden_size=64"])
+    assert "model.hidden_size=32" in TOY
+    Trainer(config, carried).save()
+    with pytest.raises(ValueError, match="fourrooms-carry-z.*hidden_size"):
+        _job(tmp_path / "out", tmp_path, carried=tmp_path / "carried")
+    assert not (tmp_path / "out" / "fourrooms-carry-z.pt").exists()
+
+
+def test_a_failed_write_leaves_the_previous_file_whole(tmp_path):
+    path = tmp_path / "run.pt"
+    path.write_bytes(b"previous")
+
+    def full_disk(tmp):
+        tmp.write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        atomic_write(path, full_disk)
+    assert path.read_bytes() == b"previous" and [p.name for p in tmp_path.iterdir()] == ["run.pt"]
+
+
+@pytest.mark.slow
+def test_train_evaluate_export_need_neither_gymnasium_nor_matplotlib(tmp_path):
+    """The GPU image has torch, numpy and tqdm only: the train path must not import the rest."""
+    script = f"""
+import sys
+for name in ("gymnasium", "matplotlib", "ipywidgets", "PIL", "IPython"):
+    sys.modules[name] = None  # importing any of them now raises ImportError
+from hrm_agent.cli import main
+run = {str(tmp_path / "run")!r}
+main(["train", "--profile", "paper-fourrooms", "--out", run, "--no-progress",
+      *[a for o in {TINY_JOB!r} for a in ("--set", o)]])
+main(["evaluate", "--checkpoint", run + "/checkpoint.pt", "--episodes", "4", "--json"])
+main(["export", "--checkpoint", run + "/checkpoint.pt", "--out", run + "/agent.pt"])
+"""
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          cwd=Path(__file__).parents[1], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (tmp_path / "run" / "agent.pt").is_file()
+
+
+TINY_JOB = ["model.hidden_size=32", "model.H_layers=1", "model.L_layers=1", "model.H_cycles=1",
+            "model.segments=2", "env.num_envs=8", "train.batch_size=16",
+            "train.learning_starts=16", "train.total_steps=8", "train.val_episodes=4",
+            "train.device='cpu'"]

@@ -31,7 +31,7 @@ from torch import Tensor
 
 from hrm_agent.envs import AGENT, FLOOR, GOAL, START, grid_path_lengths, grid_shortest_path, make_env
 from hrm_agent.evaluate import MODES
-from hrm_agent.hrm import HRMQNetwork, QOutput, Seed
+from hrm_agent.models import QNetwork, QOutput, Seed
 
 Intervention = Literal["reset_each_segment", "move_goal"] | None
 STATES = ("z_L", "z_H")  # panel order of the figures: z_L left, z_H right
@@ -104,7 +104,7 @@ def move_goal(obs: Tensor, seed: int) -> Tensor:
     return moved.scatter(1, cell, GOAL)
 
 
-def forward_reset_each_segment(model: HRMQNetwork, inputs: Tensor) -> QOutput:
+def forward_reset_each_segment(model: QNetwork, inputs: Tensor) -> QOutput:
     """`model(inputs, init, trace=True)` but with z reset to H_init / L_init before every
     segment. Every segment then sees the same state and input, so all K-1 traced states and Q
     equal those of a single segment: the policy without recurrence."""
@@ -118,7 +118,7 @@ def forward_reset_each_segment(model: HRMQNetwork, inputs: Tensor) -> QOutput:
 
 
 @torch.no_grad()
-def record_rollouts(model: HRMQNetwork, env, *, carry_z: bool, num_envs: int, seed: int,
+def record_rollouts(model: QNetwork, env, *, carry_z: bool, num_envs: int, seed: int,
                     p_change: float = 0.05, max_steps: int = 80, device="cpu",
                     intervention: Intervention = None, paper_trace0: bool = False) -> Rollouts:
     """One greedy episode in each of `num_envs` envs (`env`: see `make_analysis_env`; the model
@@ -367,7 +367,7 @@ def plot_convergence(curves: Sequence[Curve], title: str,
 
 # -- 5. interventions -----------------------------------------------------------------------
 
-def intervention_effects(model: HRMQNetwork, env, carry_z: bool, num_envs: int, seed: int,
+def intervention_effects(model: QNetwork, env, carry_z: bool, num_envs: int, seed: int,
                          **kwargs) -> dict[str, float]:
     """Success rate without intervention and under each intervention, on the same episodes
     (`kwargs` go to `record_rollouts`)."""

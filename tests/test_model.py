@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from hrm_agent import layers
+from hrm_agent.models import layers
 from hrm_agent.agent import Agent
 from hrm_agent.config import ConfigError, build
-from hrm_agent.hrm import Carry, HRMConfig, HRMQNetwork, Seed
-from hrm_agent.layers import attention, select_backend
+from hrm_agent.models.hrm import Carry, HRMConfig, HRMQNetwork, Seed
+from hrm_agent.models.layers import attention, select_backend
 
 FOURROOMS_LEN, MAZE_LEN = 121, 143
 

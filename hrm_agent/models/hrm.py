@@ -76,6 +76,10 @@ class HRMConfig:
         require(self.attn_backend in BACKENDS, f"model.attn_backend={self.attn_backend!r} unknown")
         check_grid(self)
 
+    @property
+    def positions(self) -> int:
+        return self.seq_len + int(self.task_token)
+
 
 def check_grid(config) -> None:
     """rope2d needs the grid's shape and a head size it can split between rows and columns."""
@@ -104,10 +108,6 @@ def readout(z: Tensor, mode: str, task_token: bool) -> Tensor:
     if mode == "mean":
         return z[:, int(task_token):].mean(dim=1)
     return z[:, -1]
-
-    @property
-    def positions(self) -> int:
-        return self.seq_len + int(self.task_token)
 
 
 class HRMQNetwork(nn.Module):

@@ -137,6 +137,7 @@ def record_rollouts(model: QNetwork, env, *, carry_z: bool, num_envs: int, seed:
     obs = env.reset(seed=seed)
     init = model.init_seed(num_envs)
     carried = Seed(init.z_H.clone(), init.z_L.clone())
+    start_state = [z[0, -1] for z in model.carry_from_seed(model.init_seed(1))]  # last token
     active = torch.ones(num_envs, dtype=torch.bool, device=obs.device)
     success = torch.zeros_like(active)
     frames, actions, rewards, valid, z_H, z_L = [obs], [], [], [], [], []
@@ -155,7 +156,7 @@ def record_rollouts(model: QNetwork, env, *, carry_z: bool, num_envs: int, seed:
         action = torch.zeros(num_envs, dtype=torch.long, device=obs.device)
         action[index] = out.q.argmax(-1)
         traced = []
-        for z, z_init in zip(out.trace, (model.H_init, model.L_init)):
+        for z, z_init in zip(out.trace, start_state):
             if paper_trace0:
                 z[0] = z_init
             full = torch.full((num_envs, *z.shape[::2]), float("nan"), device=z.device)

@@ -76,7 +76,7 @@ def test_every_kind_satisfies_the_interface(kind):
     assert reset.z_H.shape == out.seed.z_H.shape
     if not model.recurrent:  # the trivial state: zero-width, and Q is that of one segment
         assert seed.z_H.shape == seed.z_L.shape == (b, 0)
-        assert carry.z_H.shape == (b, 0) and out.seed.z_H.shape == (b, 0)
+        assert carry.z_H.shape == (b, 1, 0) and out.seed.z_H.shape == (b, 0)
         torch.testing.assert_close(model(x, seed, segments=3).q, q.detach())
     with pytest.raises(ValueError, match=rf"\(B, {config.seq_len}\)"):
         model(x[:, :-1], seed)
@@ -149,3 +149,13 @@ def test_agent_acts_with_a_baseline_like_with_the_hrm():
     agent = Agent(model, 2, carry_z=True)
     step = agent.act(observations(2, config.seq_len), torch.tensor([True, True]))
     assert step.actions.shape == (2,) and step.seed.z_H.shape == (2, 0)
+
+
+def test_analysis_records_a_baseline_with_an_empty_state():
+    from hrm_agent import analysis
+
+    model = build_model(load_profile("cpu-cnn-fourrooms").model)
+    for carry_z in (True, False):
+        r = analysis.record_rollouts(model, "fourrooms", carry_z=carry_z, num_envs=4, seed=0,
+                                     max_steps=5, paper_trace0=True)
+        assert r.valid[0].all() and r.z_H.shape[2:] == r.z_L.shape[2:] == (2, 0)  # K = 1 + 1

@@ -15,14 +15,15 @@ from torch import Tensor, nn
 
 
 class Seed(NamedTuple):
-    """Initial z_H, z_L for one env step (the HRM: (B, D) last-token, or (B, positions, D))."""
+    """Initial z_H, z_L for one env step: (B, D), the last token's state (the HRM's optional
+    full carry: (B, positions, D))."""
 
     z_H: Tensor
     z_L: Tensor
 
 
 class Carry(NamedTuple):
-    """The recurrent state between segments (the HRM: (B, positions, D) each)."""
+    """The recurrent state between segments, (B, positions, D) each."""
 
     z_H: Tensor
     z_L: Tensor
@@ -74,8 +75,9 @@ class QNetwork(Protocol):
 class Feedforward(nn.Module):
     """Base of the non-recurrent baselines: subclasses define `q_values(inputs)`.
 
-    Their seed and carry are zero-width (B, 0) tensors, so Reset Z and Carry Z act alike and
-    a replay buffer storing seeds under Carry Z still works. Every segment computes the same Q
+    Their state has width 0: seeds (B, 0), carries (B, 1, 0) (one position, as if the last
+    token), so Reset Z and Carry Z act alike, a replay buffer storing seeds under Carry Z still
+    works, and code that reads the last token's state (traces, analysis) gets (B, 0). Every segment computes the same Q
     from the observation alone, so a forward computes it once whatever `segments` says."""
 
     recurrent: ClassVar[bool] = False
@@ -99,10 +101,10 @@ class Feedforward(nn.Module):
         return seed
 
     def carry_from_seed(self, seed: Seed) -> Carry:
-        return Carry(*seed)
+        return Carry(seed.z_H[:, None], seed.z_L[:, None])
 
     def seed_from_carry(self, carry: Carry) -> Seed:
-        return Seed(*carry)
+        return Seed(carry.z_H[:, -1], carry.z_L[:, -1])
 
     def segment(self, carry: Carry, inputs: Tensor, x: Tensor | None = None) -> tuple[Carry, Tensor]:
         return carry, self.q_values(inputs).float()

@@ -35,7 +35,7 @@ class QOutput(NamedTuple):
     trace: tuple[Tensor, Tensor] | None  # last-token (z_H, z_L) after segments 0..n, (n+1, B, D)
 
 
-class ModelConfig(Protocol):
+class QNetworkConfig(Protocol):
     """The fields every model config has; each kind adds and validates its own."""
 
     kind: str  # the registry key in `hrm_agent.models.MODELS`
@@ -49,7 +49,7 @@ class QNetwork(Protocol):
     """A Q-network as the rest of hrm-agent uses it (an `nn.Module` in practice)."""
 
     recurrent: ClassVar[bool]  # False: the seed and carry are trivial, Carry Z = Reset Z
-    config: ModelConfig
+    config: QNetworkConfig
 
     def init_seed(self, batch_size: int) -> Seed:
         """The fixed initial state (Reset Z, and Carry Z at episode starts)."""

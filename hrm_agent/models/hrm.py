@@ -110,14 +110,11 @@ def readout(z: Tensor, mode: str, task_token: bool) -> Tensor:
     return z[:, -1]
 
 
-class HRMQNetwork(nn.Module):
-    """The `QNetwork` interface (models/base.py) with z_H, z_L as its recurrent state."""
+class TokenInput:
+    """The input and output side of the HRM, shared with the flat transformer baseline: token
+    and task embeddings, RoPE tables, compute dtype, and Q read off `lm_head`."""
 
-    recurrent: ClassVar[bool] = True
-
-    def __init__(self, config: HRMConfig):
-        super().__init__()
-        c = self.config = config
+    def init_input(self, c) -> None:
         d = c.hidden_size
         self.embed_scale = math.sqrt(d)
         self.embed_tokens = nn.Embedding(c.vocab_size, d)
@@ -127,6 +124,48 @@ class HRMQNetwork(nn.Module):
         # as in the authors' code where it is a sparse-embedding buffer.
         self.task_embedding = nn.Parameter(torch.zeros(d)) if c.task_token else None
         self.rope = rotary_embedding(c)
+
+    def compute_dtype(self, device: torch.device | None = None) -> torch.dtype:
+        device = device or self.embed_tokens.weight.device
+        if self.config.dtype == "auto":
+            return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return getattr(torch, self.config.dtype)
+
+    def _autocast(self, device: torch.device):
+        dtype = self.compute_dtype(device)
+        if dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(device.type, dtype=dtype)
+
+    def embed(self, inputs: Tensor) -> Tensor:
+        """Token embeddings (task token first), scaled by sqrt(hidden)."""
+        if inputs.dim() != 2 or inputs.shape[1] != self.config.seq_len:
+            raise ValueError(f"expected observations of shape (B, {self.config.seq_len}), "
+                             f"got {tuple(inputs.shape)}")
+        x = self.embed_tokens(inputs.long())
+        if self.task_embedding is not None:
+            task = self.task_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+            x = torch.cat((task, x), dim=1)
+        return self.embed_scale * x
+
+    def read_q(self, z: Tensor) -> Tensor:
+        """Q (B, num_actions) from the states z (B, positions, D) as `config.readout` says."""
+        c = self.config
+        # Only the first num_actions rows of the HRM's 131-wide output layer are ever read.
+        return torch.nn.functional.linear(readout(z, c.readout, c.task_token),
+                                          self.lm_head.weight[: c.num_actions])
+
+
+class HRMQNetwork(TokenInput, nn.Module):
+    """The `QNetwork` interface (models/base.py) with z_H, z_L as its recurrent state."""
+
+    recurrent: ClassVar[bool] = True
+
+    def __init__(self, config: HRMConfig):
+        super().__init__()
+        c = self.config = config
+        d = c.hidden_size
+        self.init_input(c)
         self.H_level = ReasoningModule(c.H_layers, d, c.num_heads, c.expansion, c.attn_backend)
         self.L_level = ReasoningModule(c.L_layers, d, c.num_heads, c.expansion, c.attn_backend)
         self.lm_head = lecun_linear(d, c.vocab_size)
@@ -143,12 +182,6 @@ class HRMQNetwork(nn.Module):
     def num_parameters(self) -> int:
         """Trainable parameters as the paper counts them (task embedding excluded)."""
         return sum(p.numel() for name, p in self.named_parameters() if name != "task_embedding")
-
-    def compute_dtype(self, device: torch.device | None = None) -> torch.dtype:
-        device = device or self.H_init.device
-        if self.config.dtype == "auto":
-            return torch.bfloat16 if device.type == "cuda" else torch.float32
-        return getattr(torch, self.config.dtype)
 
     def attention_backend(self) -> str:
         """The kernel attention uses on this model's device and dtype."""
@@ -189,17 +222,6 @@ class HRMQNetwork(nn.Module):
         return Seed(carry.z_H[:, -1].detach(), carry.z_L[:, -1].detach())
 
     # -- the network --------------------------------------------------------------------------
-    def embed(self, inputs: Tensor) -> Tensor:
-        """Token embeddings (task token first), scaled by sqrt(hidden)."""
-        if inputs.dim() != 2 or inputs.shape[1] != self.config.seq_len:
-            raise ValueError(f"expected observations of shape (B, {self.config.seq_len}), "
-                             f"got {tuple(inputs.shape)}")
-        x = self.embed_tokens(inputs.long())
-        if self.task_embedding is not None:
-            task = self.task_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-            x = torch.cat((task, x), dim=1)
-        return self.embed_scale * x
-
     def _segment(self, z_H: Tensor, z_L: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """One segment from (z_H, z_L) on embedded input x; only the last L and H updates
         are differentiable. Returns the new z_H, z_L and Q."""
@@ -213,16 +235,7 @@ class HRMQNetwork(nn.Module):
                     z_H = self.H_level(z_H, z_L, self.rope)
         z_L = self.L_level(z_L, z_H + x, self.rope)
         z_H = self.H_level(z_H, z_L, self.rope)
-        # Only the first num_actions rows of the 131-wide output layer are ever read.
-        q = torch.nn.functional.linear(readout(z_H, c.readout, c.task_token),
-                                       self.lm_head.weight[: c.num_actions])
-        return z_H, z_L, q
-
-    def _autocast(self, device: torch.device):
-        dtype = self.compute_dtype(device)
-        if dtype == torch.float32:
-            return nullcontext()
-        return torch.autocast(device.type, dtype=dtype)
+        return z_H, z_L, self.read_q(z_H)
 
     def segment(self, carry: Carry, inputs: Tensor, x: Tensor | None = None) -> tuple[Carry, Tensor]:
         """One differentiable segment (training). Returns the detached new carry and Q (B, A)."""

@@ -6,18 +6,15 @@ what the HRM adds over a plain transformer of the same depth is the H/L recurren
 """
 from __future__ import annotations
 
-import math
-from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Literal
 
-import torch
 from torch import Tensor, nn
 
 from hrm_agent.config import require
 from hrm_agent.models.base import Feedforward
-from hrm_agent.models.hrm import VOCAB_SIZE, check_grid, readout, rotary_embedding
-from hrm_agent.models.layers import BACKENDS, Block, lecun_linear, trunc_normal_
+from hrm_agent.models.hrm import VOCAB_SIZE, TokenInput, check_grid
+from hrm_agent.models.layers import BACKENDS, Block, lecun_linear
 
 
 @dataclass(frozen=True)
@@ -59,34 +56,18 @@ class TransformerConfig:
         return self.seq_len + int(self.task_token)
 
 
-class TransformerQNetwork(Feedforward):
+class TransformerQNetwork(TokenInput, Feedforward):
     def __init__(self, config: TransformerConfig):
         super().__init__()
         c = self.config = config
-        d = c.hidden_size
-        self.embed_scale = math.sqrt(d)
-        self.embed_tokens = nn.Embedding(c.vocab_size, d)
-        with torch.no_grad():
-            trunc_normal_(self.embed_tokens.weight, 1.0 / self.embed_scale)
-        self.task_embedding = nn.Parameter(torch.zeros(d)) if c.task_token else None
-        self.rope = rotary_embedding(c)
-        self.blocks = nn.ModuleList(Block(d, c.num_heads, c.expansion, c.attn_backend)
+        self.init_input(c)
+        self.blocks = nn.ModuleList(Block(c.hidden_size, c.num_heads, c.expansion, c.attn_backend)
                                     for _ in range(c.layers))
-        self.lm_head = lecun_linear(d, c.num_actions)
+        self.lm_head = lecun_linear(c.hidden_size, c.num_actions)
 
     def q_values(self, inputs: Tensor) -> Tensor:
-        self.check_inputs(inputs)
-        c = self.config
-        dtype = (torch.bfloat16 if c.dtype == "bfloat16" or
-                 (c.dtype == "auto" and inputs.device.type == "cuda") else torch.float32)
-        autocast = (torch.autocast(inputs.device.type, dtype=dtype) if dtype != torch.float32
-                    else nullcontext())
-        with autocast:
-            x = self.embed_tokens(inputs.long())
-            if self.task_embedding is not None:
-                task = self.task_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-                x = torch.cat((task, x), dim=1)
-            z = self.embed_scale * x
+        with self._autocast(inputs.device):
+            z = self.embed(inputs)
             for block in self.blocks:
                 z = block(z, self.rope)
-            return self.lm_head(readout(z, c.readout, c.task_token))
+            return self.read_q(z)

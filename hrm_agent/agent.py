@@ -11,7 +11,7 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from hrm_agent.hrm import HRMQNetwork, Seed
+from hrm_agent.models import QNetwork, Seed
 
 
 def epsilon_greedy(q: Tensor, epsilon: float, generator: torch.Generator | None = None) -> Tensor:
@@ -35,7 +35,7 @@ class Step(NamedTuple):
 class Agent:
     """Holds the per-env seed between calls; `act` once per env step."""
 
-    def __init__(self, model: HRMQNetwork, num_envs: int, carry_z: bool):
+    def __init__(self, model: QNetwork, num_envs: int, carry_z: bool):
         self.model = model
         self.carry_z = carry_z
         self.seed = model.init_seed(num_envs)

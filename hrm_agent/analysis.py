@@ -31,7 +31,7 @@ from torch import Tensor
 
 from hrm_agent.envs import AGENT, FLOOR, GOAL, START, grid_path_lengths, grid_shortest_path, make_env
 from hrm_agent.evaluate import MODES
-from hrm_agent.hrm import HRMQNetwork, QOutput, Seed
+from hrm_agent.models import QNetwork, QOutput, Seed
 
 Intervention = Literal["reset_each_segment", "move_goal"] | None
 STATES = ("z_L", "z_H")  # panel order of the figures: z_L left, z_H right
@@ -104,7 +104,7 @@ def move_goal(obs: Tensor, seed: int) -> Tensor:
     return moved.scatter(1, cell, GOAL)
 
 
-def forward_reset_each_segment(model: HRMQNetwork, inputs: Tensor) -> QOutput:
+def forward_reset_each_segment(model: QNetwork, inputs: Tensor) -> QOutput:
     """`model(inputs, init, trace=True)` but with z reset to H_init / L_init before every
     segment. Every segment then sees the same state and input, so all K-1 traced states and Q
     equal those of a single segment: the policy without recurrence."""
@@ -118,7 +118,7 @@ def forward_reset_each_segment(model: HRMQNetwork, inputs: Tensor) -> QOutput:
 
 
 @torch.no_grad()
-def record_rollouts(model: HRMQNetwork, env, *, carry_z: bool, num_envs: int, seed: int,
+def record_rollouts(model: QNetwork, env, *, carry_z: bool, num_envs: int, seed: int,
                     p_change: float = 0.05, max_steps: int = 80, device="cpu",
                     intervention: Intervention = None, paper_trace0: bool = False) -> Rollouts:
     """One greedy episode in each of `num_envs` envs (`env`: see `make_analysis_env`; the model
@@ -137,6 +137,7 @@ def record_rollouts(model: HRMQNetwork, env, *, carry_z: bool, num_envs: int, se
     obs = env.reset(seed=seed)
     init = model.init_seed(num_envs)
     carried = Seed(init.z_H.clone(), init.z_L.clone())
+    start_state = [z[0, -1] for z in model.carry_from_seed(model.init_seed(1))]  # last token
     active = torch.ones(num_envs, dtype=torch.bool, device=obs.device)
     success = torch.zeros_like(active)
     frames, actions, rewards, valid, z_H, z_L = [obs], [], [], [], [], []
@@ -155,7 +156,7 @@ def record_rollouts(model: HRMQNetwork, env, *, carry_z: bool, num_envs: int, se
         action = torch.zeros(num_envs, dtype=torch.long, device=obs.device)
         action[index] = out.q.argmax(-1)
         traced = []
-        for z, z_init in zip(out.trace, (model.H_init, model.L_init)):
+        for z, z_init in zip(out.trace, start_state):
             if paper_trace0:
                 z[0] = z_init
             full = torch.full((num_envs, *z.shape[::2]), float("nan"), device=z.device)
@@ -367,7 +368,7 @@ def plot_convergence(curves: Sequence[Curve], title: str,
 
 # -- 5. interventions -----------------------------------------------------------------------
 
-def intervention_effects(model: HRMQNetwork, env, carry_z: bool, num_envs: int, seed: int,
+def intervention_effects(model: QNetwork, env, carry_z: bool, num_envs: int, seed: int,
                          **kwargs) -> dict[str, float]:
     """Success rate without intervention and under each intervention, on the same episodes
     (`kwargs` go to `record_rollouts`)."""

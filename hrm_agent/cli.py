@@ -31,7 +31,12 @@ def _bench(args: argparse.Namespace) -> None:
     import importlib
 
     module = importlib.import_module(f"hrm_agent.bench.{args.what}")
-    _print_result(module.run(quick=args.quick), args.json)
+    kwargs = {"quick": args.quick}
+    if args.variants is not None:
+        if args.what != "fit":
+            raise ValueError("--variants is an option of `bench fit` only")
+        kwargs["variants"] = args.variants.split(",")
+    _print_result(module.run(**kwargs), args.json)
 
 
 def _train(args: argparse.Namespace) -> None:
@@ -101,6 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench", help="benchmarks: speed, and how fast the model fits Q* (print figures, assert nothing)")
     p.add_argument("what", choices=["env", "model", "train", "fit"])
     p.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
+    p.add_argument("--variants", metavar="NAME,...",
+                   help="fit only: model/lr variants to compare, e.g. lr=0.001,rope2d,mean,rope2d+mean "
+                        "(default: lr=0.0003,lr=0.001,lr=0.003)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_bench)
 

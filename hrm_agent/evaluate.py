@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from hrm_agent.agent import Agent
-from hrm_agent.hrm import HRMQNetwork
+from hrm_agent.models import QNetwork
 
 
 @dataclass
@@ -47,7 +47,7 @@ class Episodes:
 
 
 @torch.no_grad()
-def run_episodes(model: HRMQNetwork, env, *, carry_z: bool, seed: int,
+def run_episodes(model: QNetwork, env, *, carry_z: bool, seed: int,
                  record: bool = False) -> Episodes:
     """Run one greedy episode in each of `env.num_envs` envs, from `env.reset(seed)`."""
     was_training = model.training
@@ -87,7 +87,7 @@ def run_episodes(model: HRMQNetwork, env, *, carry_z: bool, seed: int,
     return result
 
 
-def evaluate(model: HRMQNetwork, env_config, *, carry_z: bool, episodes: int, seed: int,
+def evaluate(model: QNetwork, env_config, *, carry_z: bool, episodes: int, seed: int,
              device="cpu") -> dict[str, float]:
     """The validation metrics over `episodes` fresh episodes (all run in parallel)."""
     env = env_config.make(episodes, device=device, seed=seed)

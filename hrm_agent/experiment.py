@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from hrm_agent.config import ConfigError, apply_overrides, build, require, to_dict
-from hrm_agent.hrm import HRMConfig
+from hrm_agent.models import HRMConfig, ModelConfig, model_config
 
 PROFILE_DIR = Path(__file__).parent / "profiles"
-SEQ_LEN = {"fourrooms": 121, "maze": 143}  # paper-notes §1.2-1.3: 11x11 crop, 11x13 crop
+GRID_SHAPE = {"fourrooms": (11, 11), "maze": (11, 13)}  # paper-notes §1.2-1.3: the crops, rows x cols
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,12 @@ class EnvConfig:
 
     @property
     def seq_len(self) -> int:
-        return SEQ_LEN[self.name]
+        rows, cols = GRID_SHAPE[self.name]
+        return rows * cols
+
+    @property
+    def grid_width(self) -> int:
+        return GRID_SHAPE[self.name][1]
 
     def make(self, num_envs: int | None = None, *, device="cpu", seed: int | None = None, **overrides):
         """Build the batched environment (`num_envs` defaults to the training count)."""
@@ -109,7 +114,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class ExperimentConfig:
     env: EnvConfig = field(default_factory=EnvConfig)
-    model: HRMConfig = field(default_factory=lambda: HRMConfig(seq_len=SEQ_LEN["fourrooms"]))
+    model: ModelConfig = field(default_factory=lambda: HRMConfig(seq_len=121, grid_width=11))
     train: TrainConfig = field(default_factory=TrainConfig)
     description: str = ""
 
@@ -117,6 +122,9 @@ class ExperimentConfig:
         require(self.model.seq_len == self.env.seq_len,
                 f"model.seq_len={self.model.seq_len} does not match env {self.env.name!r} "
                 f"(seq_len {self.env.seq_len}); leave model.seq_len out of the profile")
+        require(self.model.grid_width == self.env.grid_width,
+                f"model.grid_width={self.model.grid_width} does not match env {self.env.name!r} "
+                f"(grid_width {self.env.grid_width}); leave model.grid_width out of the profile")
 
     def to_dict(self) -> dict[str, Any]:
         return to_dict(self)
@@ -134,8 +142,8 @@ def experiment_from_dict(data: dict[str, Any]) -> ExperimentConfig:
         raise ConfigError(f"unknown profile section(s) {sorted(unknown)}; "
                           "expected [env], [model], [train] and `description`")
     env = build(EnvConfig, data.get("env", {}), prefix="env.")
-    model_data = {"seq_len": env.seq_len, **data.get("model", {})}
-    model = build(HRMConfig, model_data, prefix="model.")
+    model = model_config({"seq_len": env.seq_len, "grid_width": env.grid_width,
+                          **data.get("model", {})})
     train = build(TrainConfig, data.get("train", {}), prefix="train.")
     return ExperimentConfig(env=env, model=model, train=train,
                             description=data.get("description", ""))

@@ -24,7 +24,7 @@ from torch import Tensor
 from hrm_agent.envs import optimal_q
 from hrm_agent.evaluate import evaluate
 from hrm_agent.experiment import ExperimentConfig
-from hrm_agent.hrm import HRMQNetwork
+from hrm_agent.models import build_model
 from hrm_agent.optim import make_optimizers, set_lr
 from hrm_agent.schedules import warmup_constant
 from hrm_agent.trainer import resolve_device
@@ -62,7 +62,7 @@ def fit_q_star(config: ExperimentConfig, steps: int, *, train_states: int = 50_0
     tc = config.train
     device = resolve_device(tc.device)
     torch.manual_seed(seed)
-    model = HRMQNetwork(dataclasses.replace(config.model, segments=1)).to(device)
+    model = build_model(dataclasses.replace(config.model, segments=1)).to(device)
     optimizer, task_optimizer = make_optimizers(
         model, lr=tc.lr, weight_decay=tc.weight_decay, betas=(tc.beta1, tc.beta2),
         task_lr=tc.task_lr, task_weight_decay=tc.task_weight_decay)

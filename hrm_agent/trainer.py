@@ -30,7 +30,7 @@ from hrm_agent.checkpoint import (CheckpointError, config_diff, load_checkpoint,
 from hrm_agent.dqn import polyak_update, q_loss, td_target
 from hrm_agent.evaluate import evaluate
 from hrm_agent.experiment import ExperimentConfig, experiment_from_dict, load_profile
-from hrm_agent.hrm import HRMQNetwork, Seed
+from hrm_agent.models import QNetwork, Seed, build_model
 from hrm_agent.optim import make_optimizers, set_lr
 from hrm_agent.replay import ReplayBuffer
 from hrm_agent.schedules import linear_schedule, warmup_constant
@@ -73,10 +73,6 @@ class Stopwatch:
         self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
 
 
-def build_model(config: ExperimentConfig, device: torch.device) -> HRMQNetwork:
-    return HRMQNetwork(config.model).to(device)
-
-
 class Trainer:
     """Owns everything a run needs; `state_dict()` is exactly what a checkpoint holds."""
 
@@ -89,8 +85,8 @@ class Trainer:
         if tc.num_threads:
             torch.set_num_threads(tc.num_threads)
         torch.manual_seed(tc.seed)
-        self.model = build_model(config, self.device)
-        self.target = build_model(config, self.device)  # independently initialised, as the authors
+        self.model = build_model(config.model).to(self.device)
+        self.target = build_model(config.model).to(self.device)  # independently initialised, as the authors
         if tc.target_init == "copy":
             self.target.load_state_dict(self.model.state_dict())
         self.target.requires_grad_(False)
@@ -406,11 +402,11 @@ def config_of_checkpoint(state: dict[str, Any]) -> ExperimentConfig:
     return experiment_from_dict(state["config"])
 
 
-def load_agent(path: str | Path, device="cpu") -> tuple[HRMQNetwork, ExperimentConfig]:
+def load_agent(path: str | Path, device="cpu") -> tuple[QNetwork, ExperimentConfig]:
     """The online network and config of a checkpoint, ready to act (eval mode)."""
     state = load_checkpoint(path, map_location=device)
     config = config_of_checkpoint(state)
-    model = build_model(config, torch.device(device))
+    model = build_model(config.model).to(device)
     load_module_state(model, state["model"], f"model in {path}")
     model.eval()
     return model, config

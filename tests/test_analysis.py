@@ -11,7 +11,7 @@ from hrm_agent.analysis import (Rollouts, bootstrap_median_ci, classify_changes,
 from hrm_agent.checkpoint import save_checkpoint
 from hrm_agent.envs.grid import FLOOR, GOAL, parse_map
 from hrm_agent.evaluate import run_episodes
-from hrm_agent.trainer import build_model
+from hrm_agent.models import build_model
 from tests.conftest import tiny_config
 
 
@@ -122,7 +122,7 @@ def test_bootstrap_ci_contains_median_narrows_and_matches_resampling():
 def tiny():
     torch.manual_seed(0)
     cfg = tiny_config("model.segments=3")
-    return build_model(cfg, torch.device("cpu")), cfg
+    return build_model(cfg.model), cfg
 
 
 def record(tiny, **kwargs):

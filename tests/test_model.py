@@ -9,11 +9,11 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from hrm_agent import layers
+from hrm_agent.models import layers
 from hrm_agent.agent import Agent
 from hrm_agent.config import ConfigError, build
-from hrm_agent.hrm import Carry, HRMConfig, HRMQNetwork, Seed
-from hrm_agent.layers import attention, select_backend
+from hrm_agent.models.hrm import Carry, HRMConfig, HRMQNetwork, Seed
+from hrm_agent.models.layers import attention, select_backend
 
 FOURROOMS_LEN, MAZE_LEN = 121, 143
 
@@ -407,3 +407,91 @@ def test_compiled_segment_equals_eager_within_tolerance():
     q_c.sum().backward()
     torch.testing.assert_close(compiled.lm_head.weight.grad, eager.lm_head.weight.grad,
                                atol=1e-4, rtol=1e-4)
+
+
+# -- ablation options: 2-D RoPE and the mean readout ----------------------------------------------
+def _rotate_pairs(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Explicit RoPE: pair i = features (i, i + half) turned by angles[..., i], one 2x2 at a time."""
+    half = x.shape[-1] // 2
+    out = x.clone()
+    for i in range(half):
+        c, s = torch.cos(angles[..., i]), torch.sin(angles[..., i])
+        a, b = x[..., i], x[..., i + half]
+        out[..., i], out[..., i + half] = a * c - b * s, a * s + b * c
+    return out
+
+
+def test_rope2d_turns_half_the_pairs_by_the_row_and_half_by_the_column():
+    rows, cols, head_dim, theta = 11, 13, 16, 10_000.0
+    model = HRMQNetwork(tiny(seq_len=rows * cols, grid_width=cols, pos_encoding="rope2d"))
+    inv_freq = 1.0 / theta ** (torch.arange(0, 8, 2) / 8)  # a 1-D ladder for 4 pairs per axis
+    x = torch.randn(2, rows * cols + 1, 2, head_dim, generator=torch.Generator().manual_seed(0))
+    rotated = model.rope(x)
+    torch.testing.assert_close(rotated[:, 0], x[:, 0])  # the task token sits at (0, 0)
+    for r, c in [(0, 0), (0, 12), (4, 7), (10, 3)]:
+        p = 1 + r * cols + c
+        angles = torch.cat(((r + 1) * inv_freq, (c + 1) * inv_freq))
+        torch.testing.assert_close(rotated[:, p], _rotate_pairs(x[:, p], angles))
+    # two cells in the same row differ only in the column-angle half (and vice versa)
+    same_row = model.rope.cos[1 + 4 * cols + 2] - model.rope.cos[1 + 4 * cols + 9]
+    same_col = model.rope.cos[1 + 2 * cols + 5] - model.rope.cos[1 + 8 * cols + 5]
+    row_part = torch.tensor([True] * 4 + [False] * 4).repeat(2)  # cos is laid out (pairs, pairs)
+    assert (same_row[row_part] == 0).all() and (same_row[~row_part] != 0).all()
+    assert (same_col[~row_part] == 0).all() and (same_col[row_part] != 0).all()
+
+
+def test_rope2d_attention_scores_depend_only_on_the_row_and_column_offsets():
+    model = HRMQNetwork(tiny(seq_len=121, grid_width=11, pos_encoding="rope2d"))
+    q, k = torch.randn(2, 16, generator=torch.Generator().manual_seed(0)).unbind(0)
+    x = torch.zeros(1, 122, 1, 16)
+
+    def score(a: tuple[int, int], b: tuple[int, int]) -> torch.Tensor:
+        pa, pb = 1 + a[0] * 11 + a[1], 1 + b[0] * 11 + b[1]
+        x.zero_()
+        x[0, pa, 0], x[0, pb, 0] = q, k
+        out = model.rope(x)[0, :, 0]
+        return out[pa] @ out[pb]
+
+    base = score((2, 3), (5, 1))
+    torch.testing.assert_close(score((6, 7), (9, 5)), base)  # shifted by (4, 4)
+    assert not torch.allclose(score((2, 3), (1, 5)), base)  # the transposed offset differs
+
+
+def test_rope2d_needs_the_grid_width():
+    with pytest.raises(ConfigError, match="grid_width"):
+        tiny(pos_encoding="rope2d")
+    with pytest.raises(ConfigError, match="grid_width"):
+        tiny(pos_encoding="rope2d", grid_width=10)  # 121 is not 10 x anything
+
+
+def test_default_rope_is_the_paper_one_over_the_flattened_index():
+    model = HRMQNetwork(tiny())
+    x = torch.randn(1, FOURROOMS_LEN + 1, 1, 16)
+    inv_freq = 1.0 / 10_000.0 ** (torch.arange(0, 16, 2) / 16)
+    for p in (0, 1, 60, 121):
+        torch.testing.assert_close(model.rope(x)[:, p], _rotate_pairs(x[:, p], p * inv_freq))
+
+
+@pytest.mark.parametrize("kind", ["hrm", "transformer"])
+def test_mean_readout_is_the_mean_over_observation_tokens_without_the_task_token(kind):
+    from hrm_agent.models import TransformerConfig, TransformerQNetwork
+
+    torch.manual_seed(0)
+    if kind == "hrm":
+        model = HRMQNetwork(tiny(readout="mean"))
+    else:
+        model = TransformerQNetwork(TransformerConfig(seq_len=FOURROOMS_LEN, hidden_size=32,
+                                                      layers=2, readout="mean"))
+    with torch.no_grad():  # a task token far from the observation tokens' states
+        model.task_embedding.fill_(3.0)
+    states = []
+    if kind == "hrm":
+        model.H_level.register_forward_hook(lambda m, i, out: states.append(out))
+    else:
+        model.blocks[-1].register_forward_hook(lambda m, i, out: states.append(out))
+    x = observations(3, FOURROOMS_LEN)
+    _, q = model.segment(model.carry_from_seed(model.init_seed(3)), x)
+    z_H = states[-1].detach()
+    head = model.lm_head.weight[:4].detach()
+    torch.testing.assert_close(q.detach(), z_H[:, 1:].mean(1) @ head.T)
+    assert not torch.allclose(q.detach(), z_H.mean(1) @ head.T, atol=1e-4)  # the test can fail

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from hrm_agent.hrm import HRMConfig, HRMQNetwork
+from hrm_agent.models.hrm import HRMConfig, HRMQNetwork
 from hrm_agent.optim import AdamATan2, SignSGD, make_optimizers
 
 

@@ -26,5 +26,5 @@ def test_environment_yml_installs_the_pyproject_extras_with_the_cpu_torch_pin():
 
 def test_package_imports_without_flash_attn():
     code = ("import sys; sys.modules['flash_attn'] = None; "
-            "import hrm_agent.hrm, hrm_agent.trainer, hrm_agent.analysis, hrm_agent.widgets")
+            "import hrm_agent.models, hrm_agent.trainer, hrm_agent.analysis, hrm_agent.widgets")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)

@@ -1,9 +1,11 @@
 """The Q* regression probe: labels, reproducibility, and the plateau read-out of its bench."""
 from __future__ import annotations
 
+import pytest
 import torch
 
-from hrm_agent.bench.fit import plateau_exit
+from hrm_agent.bench.fit import PROFILE, VARIANTS, plateau_exit, run
+from hrm_agent.cli import main
 from hrm_agent.envs import START, FourRooms, is_obstacle
 from hrm_agent.experiment import load_profile
 from hrm_agent.qfit import fit_q_star, greedy_optimal_rate, labelled_states
@@ -52,3 +54,20 @@ def test_plateau_exit_is_the_first_step_below_the_threshold():
                for s, m in [(0, 0.5), (100, 0.039), (200, 0.029), (300, 0.01)]]
     assert plateau_exit(records) == 200
     assert plateau_exit(records[:2]) is None
+
+
+def test_fit_runs_any_kind_of_network():
+    config = load_profile("cpu-cnn-fourrooms", ["train.batch_size=8"])
+    records = fit_q_star(config, 3, train_states=64, eval_states=32, eval_every=3)
+    assert [r["step"] for r in records] == [0, 3] and records[0]["mse"] != records[1]["mse"]
+
+
+def test_bench_fit_variants_are_the_ablation_options_and_bad_names_are_refused(capsys):
+    models = {name: load_profile(PROFILE, overrides).model for name, overrides in VARIANTS.items()}
+    assert (models["lr=0.001"].pos_encoding, models["lr=0.001"].readout) == ("rope", "last")
+    assert (models["rope2d+mean"].pos_encoding, models["rope2d+mean"].readout) == ("rope2d", "mean")
+    with pytest.raises(ValueError, match=r"unknown bench fit variant\(s\) \['rop2d'\]"):
+        run(quick=True, variants=["rop2d"])
+    with pytest.raises(SystemExit):
+        main(["bench", "model", "--variants", "mean"])
+    assert "--variants is an option of `bench fit` only" in capsys.readouterr().err

@@ -23,8 +23,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from hrm_agent.hrm import HRMConfig, HRMQNetwork
-from hrm_agent.layers import swiglu_width
+from hrm_agent.models.hrm import HRMConfig, HRMQNetwork
+from hrm_agent.models.layers import swiglu_width
 from hrm_agent.optim import make_optimizers
 
 SEQ_LENS = (121, 143)  # four-rooms, maze

@@ -7,6 +7,11 @@ after every L_cycles of them; only the last L and the last H update carry gradie
 1-step gradient). Acting runs `segments` (8) segments without gradient; Q(s, ·) is the first
 `num_actions` outputs of the output layer on z_H at the last observation token.
 
+Two input/output options beyond the paper, off by default: `pos_encoding="rope2d"` (RoPE by
+the cell's row and column instead of its index in the flattened grid) and `readout="mean"` (Q
+from the mean of z_H over the observation tokens instead of the last one). Both make the
+network fit Q* faster (`python -m hrm_agent bench fit`).
+
 Between env steps the state is summarised by a `Seed`: under the paper's Carry Z, the last-token
 z_H, z_L of the previous step (broadcast to every position as the next initial state); under
 Reset Z, the fixed buffers H_init, L_init. `carry="full"` (beyond the paper) keeps every token's
@@ -17,13 +22,15 @@ from __future__ import annotations
 import math
 from contextlib import nullcontext
 from dataclasses import dataclass
-from typing import Literal, NamedTuple
+from typing import ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from hrm_agent.config import require
-from hrm_agent.layers import BACKENDS, ReasoningModule, RotaryEmbedding, lecun_linear, select_backend, trunc_normal_
+from hrm_agent.models.base import Carry, QOutput, Seed
+from hrm_agent.models.layers import (BACKENDS, ReasoningModule, RotaryEmbedding, grid_angles,
+                                     lecun_linear, select_backend, sequence_angles, trunc_normal_)
 
 VOCAB_SIZE = 131  # paper-notes §1.5: the ASCII codes the observations use, 0..130
 
@@ -33,6 +40,8 @@ class HRMConfig:
     """The architecture. Defaults are the paper's (paper-notes §2.1), 541,186 parameters."""
 
     seq_len: int  # observation tokens: 121 (four-rooms) or 143 (maze); set from the env
+    grid_width: int = 0  # the grid's row length (11 or 13), set from the env; rope2d needs it
+    kind: Literal["hrm"] = "hrm"
     vocab_size: int = VOCAB_SIZE
     num_actions: int = 4
     hidden_size: int = 64
@@ -44,6 +53,8 @@ class HRMConfig:
     expansion: float = 4.0
     segments: int = 8  # HRM's halt_max_steps with ACT disabled: segments per forward
     rope_theta: float = 10_000.0
+    pos_encoding: Literal["rope", "rope2d"] = "rope"  # rope2d: row and column angles (ours)
+    readout: Literal["last", "mean"] = "last"  # Q from z_H at the last / mean observation token
     task_token: bool = True  # the prepended puzzle embedding (a single zero-init 64-d token)
     carry: Literal["last_token", "full"] = "last_token"  # what a Seed holds (paper: last token)
     attn_backend: Literal["auto", "flash", "sdpa", "math"] = "auto"
@@ -63,36 +74,47 @@ class HRMConfig:
                 "model.hidden_size / num_heads must be even for RoPE")
         require(self.expansion > 0, f"model.expansion must be > 0, got {self.expansion}")
         require(self.attn_backend in BACKENDS, f"model.attn_backend={self.attn_backend!r} unknown")
+        check_grid(self)
 
     @property
     def positions(self) -> int:
         return self.seq_len + int(self.task_token)
 
 
-class Seed(NamedTuple):
-    """Initial z_H, z_L for one env step: (B, D) under last-token carry, (B, positions, D) full."""
-
-    z_H: Tensor
-    z_L: Tensor
-
-
-class Carry(NamedTuple):
-    """The full recurrent state between segments, (B, positions, D) each."""
-
-    z_H: Tensor
-    z_L: Tensor
+def check_grid(config) -> None:
+    """rope2d needs the grid's shape and a head size it can split between rows and columns."""
+    require(config.grid_width >= 0, f"model.grid_width must be >= 0, got {config.grid_width}")
+    if config.pos_encoding == "rope2d":
+        require(config.grid_width >= 1 and config.seq_len % config.grid_width == 0,
+                f"model.pos_encoding='rope2d' needs model.grid_width dividing seq_len="
+                f"{config.seq_len}, got {config.grid_width}")
+        require((config.hidden_size // config.num_heads) % 4 == 0,
+                "model.pos_encoding='rope2d' needs hidden_size / num_heads divisible by 4")
 
 
-class QOutput(NamedTuple):
-    q: Tensor  # (B, num_actions), float32
-    seed: Seed  # the state after the last segment, detached: the next step's seed under Carry Z
-    trace: tuple[Tensor, Tensor] | None  # last-token (z_H, z_L) after segments 0..n, (n+1, B, D)
+def rotary_embedding(config) -> RotaryEmbedding:
+    """The RoPE tables of `config.pos_encoding` for its positions (task token first)."""
+    head_dim = config.hidden_size // config.num_heads
+    if config.pos_encoding == "rope2d":
+        rows = config.seq_len // config.grid_width
+        return RotaryEmbedding(grid_angles(head_dim, rows, config.grid_width, config.rope_theta,
+                                           config.task_token))
+    return RotaryEmbedding(sequence_angles(head_dim, config.positions, config.rope_theta))
 
 
-class HRMQNetwork(nn.Module):
-    def __init__(self, config: HRMConfig):
-        super().__init__()
-        c = self.config = config
+def readout(z: Tensor, mode: str, task_token: bool) -> Tensor:
+    """The state Q is read from: z (B, positions, D) at the last token, or its mean over the
+    observation tokens (the task token, first, left out)."""
+    if mode == "mean":
+        return z[:, int(task_token):].mean(dim=1)
+    return z[:, -1]
+
+
+class TokenInput:
+    """The input and output side of the HRM, shared with the flat transformer baseline: token
+    and task embeddings, RoPE tables, compute dtype, and Q read off `lm_head`."""
+
+    def init_input(self, c) -> None:
         d = c.hidden_size
         self.embed_scale = math.sqrt(d)
         self.embed_tokens = nn.Embedding(c.vocab_size, d)
@@ -101,7 +123,49 @@ class HRMQNetwork(nn.Module):
         # The task (puzzle) embedding: trained by SignSGD, not counted among the parameters,
         # as in the authors' code where it is a sparse-embedding buffer.
         self.task_embedding = nn.Parameter(torch.zeros(d)) if c.task_token else None
-        self.rope = RotaryEmbedding(d // c.num_heads, c.positions, c.rope_theta)
+        self.rope = rotary_embedding(c)
+
+    def compute_dtype(self, device: torch.device | None = None) -> torch.dtype:
+        device = device or self.embed_tokens.weight.device
+        if self.config.dtype == "auto":
+            return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return getattr(torch, self.config.dtype)
+
+    def _autocast(self, device: torch.device):
+        dtype = self.compute_dtype(device)
+        if dtype == torch.float32:
+            return nullcontext()
+        return torch.autocast(device.type, dtype=dtype)
+
+    def embed(self, inputs: Tensor) -> Tensor:
+        """Token embeddings (task token first), scaled by sqrt(hidden)."""
+        if inputs.dim() != 2 or inputs.shape[1] != self.config.seq_len:
+            raise ValueError(f"expected observations of shape (B, {self.config.seq_len}), "
+                             f"got {tuple(inputs.shape)}")
+        x = self.embed_tokens(inputs.long())
+        if self.task_embedding is not None:
+            task = self.task_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+            x = torch.cat((task, x), dim=1)
+        return self.embed_scale * x
+
+    def read_q(self, z: Tensor) -> Tensor:
+        """Q (B, num_actions) from the states z (B, positions, D) as `config.readout` says."""
+        c = self.config
+        # Only the first num_actions rows of the HRM's 131-wide output layer are ever read.
+        return torch.nn.functional.linear(readout(z, c.readout, c.task_token),
+                                          self.lm_head.weight[: c.num_actions])
+
+
+class HRMQNetwork(TokenInput, nn.Module):
+    """The `QNetwork` interface (models/base.py) with z_H, z_L as its recurrent state."""
+
+    recurrent: ClassVar[bool] = True
+
+    def __init__(self, config: HRMConfig):
+        super().__init__()
+        c = self.config = config
+        d = c.hidden_size
+        self.init_input(c)
         self.H_level = ReasoningModule(c.H_layers, d, c.num_heads, c.expansion, c.attn_backend)
         self.L_level = ReasoningModule(c.L_layers, d, c.num_heads, c.expansion, c.attn_backend)
         self.lm_head = lecun_linear(d, c.vocab_size)
@@ -118,12 +182,6 @@ class HRMQNetwork(nn.Module):
     def num_parameters(self) -> int:
         """Trainable parameters as the paper counts them (task embedding excluded)."""
         return sum(p.numel() for name, p in self.named_parameters() if name != "task_embedding")
-
-    def compute_dtype(self, device: torch.device | None = None) -> torch.dtype:
-        device = device or self.H_init.device
-        if self.config.dtype == "auto":
-            return torch.bfloat16 if device.type == "cuda" else torch.float32
-        return getattr(torch, self.config.dtype)
 
     def attention_backend(self) -> str:
         """The kernel attention uses on this model's device and dtype."""
@@ -164,17 +222,6 @@ class HRMQNetwork(nn.Module):
         return Seed(carry.z_H[:, -1].detach(), carry.z_L[:, -1].detach())
 
     # -- the network --------------------------------------------------------------------------
-    def embed(self, inputs: Tensor) -> Tensor:
-        """Token embeddings (task token first), scaled by sqrt(hidden)."""
-        if inputs.dim() != 2 or inputs.shape[1] != self.config.seq_len:
-            raise ValueError(f"expected observations of shape (B, {self.config.seq_len}), "
-                             f"got {tuple(inputs.shape)}")
-        x = self.embed_tokens(inputs.long())
-        if self.task_embedding is not None:
-            task = self.task_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
-            x = torch.cat((task, x), dim=1)
-        return self.embed_scale * x
-
     def _segment(self, z_H: Tensor, z_L: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """One segment from (z_H, z_L) on embedded input x; only the last L and H updates
         are differentiable. Returns the new z_H, z_L and Q."""
@@ -188,15 +235,7 @@ class HRMQNetwork(nn.Module):
                     z_H = self.H_level(z_H, z_L, self.rope)
         z_L = self.L_level(z_L, z_H + x, self.rope)
         z_H = self.H_level(z_H, z_L, self.rope)
-        # Only the first num_actions rows of the 131-wide output layer are ever read.
-        q = torch.nn.functional.linear(z_H[:, -1], self.lm_head.weight[: c.num_actions])
-        return z_H, z_L, q
-
-    def _autocast(self, device: torch.device):
-        dtype = self.compute_dtype(device)
-        if dtype == torch.float32:
-            return nullcontext()
-        return torch.autocast(device.type, dtype=dtype)
+        return z_H, z_L, self.read_q(z_H)
 
     def segment(self, carry: Carry, inputs: Tensor, x: Tensor | None = None) -> tuple[Carry, Tensor]:
         """One differentiable segment (training). Returns the detached new carry and Q (B, A)."""

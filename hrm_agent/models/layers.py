@@ -58,15 +58,40 @@ def select_backend(requested: str, x: Tensor) -> str:
     return requested
 
 
-class RotaryEmbedding(nn.Module):
-    """RoPE tables (theta = 10000) for a fixed number of positions; not part of the state dict."""
+def rope_inv_freq(pairs: int, theta: float) -> Tensor:
+    """The RoPE frequency ladder theta^(-2i/(2·pairs)), i < pairs, for `pairs` rotary pairs."""
+    return 1.0 / theta ** (torch.arange(0, 2 * pairs, 2, dtype=torch.float32) / (2 * pairs))
 
-    def __init__(self, head_dim: int, positions: int, theta: float):
+
+def sequence_angles(head_dim: int, positions: int, theta: float) -> Tensor:
+    """1-D RoPE (HRM): position p rotates pair i by p·inv_freq_i; (positions, head_dim / 2)."""
+    return torch.outer(torch.arange(positions, dtype=torch.float32),
+                       rope_inv_freq(head_dim // 2, theta))
+
+
+def grid_angles(head_dim: int, rows: int, cols: int, theta: float, task_token: bool) -> Tensor:
+    """2-D RoPE over the observation grid (ours): the first half of each head's rotary pairs
+    turn by the cell's row, the second half by its column, each half with the 1-D ladder of
+    a head half as wide. Cell (r, c) sits at (r + 1, c + 1) and the task token, when there is
+    one, at (0, 0): one step above and left of the grid, a place no cell shares."""
+    if head_dim % 4:
+        raise ValueError(f"2-D RoPE needs a head size divisible by 4, got {head_dim}")
+    inv_freq = rope_inv_freq(head_dim // 4, theta)
+    row = torch.arange(rows, dtype=torch.float32).repeat_interleave(cols) + 1
+    col = torch.arange(cols, dtype=torch.float32).repeat(rows) + 1
+    if task_token:
+        row, col = torch.cat((torch.zeros(1), row)), torch.cat((torch.zeros(1), col))
+    return torch.cat((torch.outer(row, inv_freq), torch.outer(col, inv_freq)), dim=-1)
+
+
+class RotaryEmbedding(nn.Module):
+    """RoPE tables for fixed per-position angles (positions, head_dim / 2), pair i being
+    features (i, i + head_dim / 2) as in HRM's rotate_half; not part of the state dict."""
+
+    def __init__(self, angles: Tensor):
         super().__init__()
-        inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim)
-        freqs = torch.outer(torch.arange(positions, dtype=torch.float32), inv_freq)
-        angles = torch.cat((freqs, freqs), dim=-1)  # (positions, head_dim)
-        sin, half = angles.sin(), head_dim // 2
+        angles = torch.cat((angles, angles), dim=-1)  # (positions, head_dim)
+        sin, half = angles.sin(), angles.shape[-1] // 2
         self.register_buffer("cos", angles.cos(), persistent=False)
         # rotate_half(x)·sin == swap_halves(x)·[-sin_1, sin_2] exactly, one negation fewer per call
         self.register_buffer("sin", torch.cat((-sin[:, :half], sin[:, half:]), dim=-1), persistent=False)

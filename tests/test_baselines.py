@@ -1,0 +1,161 @@
+"""The Q-network interface (models/base.py) and the baselines that plug into it: each kind builds
+from its profile and config, has the shapes and trivial state the trainer relies on, and trains,
+checkpoints and resumes through the unchanged Trainer."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from hrm_agent.agent import Agent
+from hrm_agent.config import ConfigError
+from hrm_agent.experiment import experiment_from_dict, load_profile
+from hrm_agent.models import MODELS, CNNQNetwork, HRMQNetwork, build_model
+from hrm_agent.trainer import Trainer, load_agent
+from tests.conftest import TINY
+
+PRETRAINED = Path(__file__).parent.parent / "pretrained"
+SMALL_RUN = ["env.num_envs=8", "train.batch_size=16", "train.buffer_capacity=4096",
+             "train.learning_starts=16", "train.val_episodes=16", "train.device='cpu'",
+             "train.log_interval=4", "train.val_interval=8", "train.checkpoint_interval=8"]
+KINDS = {  # kind -> (profile, overrides that make its model small)
+    "hrm": ("paper-fourrooms", TINY),
+    "cnn": ("cpu-cnn-fourrooms", SMALL_RUN),
+    "transformer": ("cpu-transformer-fourrooms", [*SMALL_RUN, "model.hidden_size=32"]),
+    "mlp": ("cpu-cnn-fourrooms", [*SMALL_RUN, "model.kind='mlp'"]),
+}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def observations(batch: int, seq_len: int) -> torch.Tensor:
+    return torch.randint(0, 131, (batch, seq_len), generator=torch.Generator().manual_seed(1))
+
+
+def test_every_registered_kind_has_a_profile_here():
+    assert set(KINDS) == set(MODELS)
+
+
+@pytest.mark.parametrize("profile, env, kind, grid", [
+    ("cpu-cnn-fourrooms", "fourrooms", "cnn", (11, 11)),
+    ("cpu-cnn-maze", "maze", "cnn", (11, 13)),
+    ("cpu-transformer-fourrooms", "fourrooms", "transformer", (11, 11)),
+])
+def test_baseline_profiles_build_their_network_on_the_env_grid_with_reset_z(profile, env, kind, grid):
+    config = load_profile(profile)
+    assert (config.env.name, config.model.kind) == (env, kind)
+    assert (config.model.seq_len, config.model.grid_width) == (grid[0] * grid[1], grid[1])
+    assert config.model.segments == 1 and not config.train.carry_z
+    assert isinstance(build_model(config.model), MODELS[kind][1])
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_every_kind_satisfies_the_interface(kind):
+    profile, overrides = KINDS[kind]
+    config = load_profile(profile, overrides).model
+    model = build_model(config)
+    assert model.recurrent is (kind == "hrm")
+    b, x = 3, observations(3, config.seq_len)
+    seed = model.init_seed(b)
+    out = model(x, seed, trace=True)
+    assert out.q.shape == (b, 4) and out.q.dtype == torch.float32
+    assert out.trace[0].shape[:2] == (config.segments + 1, b)
+    carry, q = model.segment(model.carry_from_seed(seed), x)
+    assert q.shape == (b, 4) and q.requires_grad
+    q.sum().backward()  # trains through the interface alone
+    assert all(t.shape[0] == b for t in (*model.seed_from_carry(carry), *out.seed))
+    reset = model.reset_seed(out.seed, torch.tensor([True, False, True]))
+    assert reset.z_H.shape == out.seed.z_H.shape
+    if not model.recurrent:  # the trivial state: zero-width, and Q is that of one segment
+        assert seed.z_H.shape == seed.z_L.shape == (b, 0)
+        assert carry.z_H.shape == (b, 1, 0) and out.seed.z_H.shape == (b, 0)
+        torch.testing.assert_close(model(x, seed, segments=3).q, q.detach())
+    with pytest.raises(ValueError, match=rf"\(B, {config.seq_len}\)"):
+        model(x[:, :-1], seed)
+
+
+def test_cnn_reads_the_grid_as_rows_of_grid_width():
+    """Flattened row-major: moving a token by one column moves it by one in the feature map."""
+    config = load_profile("cpu-cnn-maze").model
+    model = CNNQNetwork(config)
+    x = torch.full((1, config.seq_len), ord("."))
+    x[0, 2 * 13 + 5] = ord("@")  # row 2, column 5 of the 11x13 maze crop
+    features = model.convs[0](model.embed_tokens(x).transpose(1, 2).reshape(1, 8, 11, 13))
+    plain = model.convs[0](model.embed_tokens(torch.full_like(x, ord("."))).transpose(1, 2)
+                           .reshape(1, 8, 11, 13))
+    changed = (features != plain).any(1)[0].nonzero().tolist()
+    assert changed == [[r, c] for r in (1, 2, 3) for c in (4, 5, 6)]  # the 3x3 around (2, 5)
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["model.kind='rnn'"], r"model.kind='rnn' is not one of 'hrm', 'cnn'"),
+    (["model.channels=0"], r"model.channels must be >= 1"),
+    (["model.H_layers=2"], r"unknown config field 'model.H_layers'"),
+    (["model.segments=8"], r"model.segments must be 1 without recurrence"),
+    (["model.grid_width=12"], r"model.grid_width=12 does not"),
+])
+def test_each_kind_validates_its_own_fields(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_profile("cpu-cnn-fourrooms", overrides)
+
+
+def test_transformer_has_h_plus_l_layers_of_hrm_blocks_and_validates_rope2d():
+    config = load_profile("cpu-transformer-fourrooms").model
+    hrm = load_profile("cpu-fourrooms").model
+    assert config.layers == hrm.H_layers + hrm.L_layers
+    model = build_model(config)
+    assert type(model.blocks[0]) is type(HRMQNetwork(hrm).H_level.layers[0])
+    with pytest.raises(ConfigError, match="hidden_size / num_heads divisible by 4"):
+        load_profile("cpu-transformer-fourrooms", ["model.pos_encoding='rope2d'",
+                                                   "model.hidden_size=12", "model.num_heads=2"])
+
+
+def test_configs_without_a_kind_load_as_the_hrm():
+    data = json.loads((PRETRAINED / "fourrooms-carry-z" / "config.json").read_text())
+    assert "kind" not in data["model"]
+    config = experiment_from_dict(data)
+    assert config.model.kind == "hrm" and config.model.grid_width == 11
+    assert config.model.pos_encoding == "rope" and config.model.readout == "last"
+
+
+def test_a_baseline_trains_and_resumes_through_the_unchanged_trainer_also_under_carry_z(tmp_path):
+    """Under Carry Z the replay buffer stores the zero-width seeds; nothing else changes."""
+    profile, overrides = KINDS["cnn"]
+    config = load_profile(profile, [*overrides, "train.carry_z=true", "train.total_steps=16"])
+    trainer = Trainer(config, tmp_path)
+    trainer.train(progress=False)
+    assert trainer.replay.storage["prev_z_H"].shape[1:] == (0,)
+    model, loaded = load_agent(tmp_path / "checkpoint.pt")
+    assert loaded.model == config.model
+    x = observations(4, config.model.seq_len)
+    torch.testing.assert_close(model(x, model.init_seed(4)).q,
+                               trainer.model(x, trainer.model.init_seed(4)).q)
+    resumed = Trainer(load_profile(profile, [*overrides, "train.carry_z=true",
+                                             "train.total_steps=24"]), tmp_path, resume=True)
+    assert resumed.train(progress=False)["step"] == 24
+
+
+def test_agent_acts_with_a_baseline_like_with_the_hrm():
+    config = load_profile("cpu-cnn-fourrooms").model
+    model = build_model(config)
+    agent = Agent(model, 2, carry_z=True)
+    step = agent.act(observations(2, config.seq_len), torch.tensor([True, True]))
+    assert step.actions.shape == (2,) and step.seed.z_H.shape == (2, 0)
+
+
+def test_analysis_records_a_baseline_with_an_empty_state():
+    from hrm_agent import analysis
+
+    model = build_model(load_profile("cpu-cnn-fourrooms").model)
+    for carry_z in (True, False):
+        r = analysis.record_rollouts(model, "fourrooms", carry_z=carry_z, num_envs=4, seed=0,
+                                     max_steps=5, paper_trace0=True)
+        assert r.valid[0].all() and r.z_H.shape[2:] == r.z_L.shape[2:] == (2, 0)  # K = 1 + 1

@@ -399,7 +399,8 @@ def import_window(src: str | Path, into: str | Path = "pretrained/gpu-runs",
             written.append(str(run_dir / METRICS))
     with (into / "windows.jsonl").open("a") as f:
         f.write(json.dumps({"date": time.strftime("%Y-%m-%d"), **info}) + "\n")
-    written.append(str(into / "windows.jsonl"))
+    (into / "README.md").write_text(history_markdown(into))
+    written += [str(into / "windows.jsonl"), str(into / "README.md")]
     if agents is not None and (src / BEST).is_file():
         for name, agent in torch.load(src / BEST, weights_only=True)["agents"].items():
             target = Path(agents) / name
@@ -419,3 +420,32 @@ def _rank(agent_path: Path, new: dict[str, Any]) -> dict[str, float]:
     state = load_checkpoint(agent_path)
     same = state["config"].get("description") == new["config"].get("description")
     return state["last_val"] if same else {}
+
+
+def history_markdown(into: str | Path) -> str:
+    """`pretrained/gpu-runs/README.md`: every run's progress over the GPU windows so far."""
+    into = Path(into)
+    windows = [json.loads(line) for line in (into / "windows.jsonl").read_text().splitlines()]
+    lines = ["# GPU runs", "",
+             "Written by `python -m hrm_agent gpu-import` from `windows.jsonl` (one line per GPU",
+             "window) and each run's `metrics.jsonl` (its whole history). Each folder's",
+             "`checkpoint.pt` resumes the run in the next window (`gpu-job --from pretrained/gpu-runs`);",
+             "it holds no replay buffer, so every window starts by refilling it (the run's",
+             "`resume` records say so).", "",
+             "| run | windows | optimizer steps | GPU minutes | steps/s (last window) | best validation success (step) |",
+             "|---|---|---|---|---|---|"]
+    for name in RUNS:
+        own = [w for w in windows if name in w["runs"] and w["runs"][name]["step"] > 0]
+        if not own:
+            continue
+        vals = [r for r in read_records(into / name / METRICS) if r["kind"] == "val"]
+        best = max(vals, key=lambda r: (r["success_rate"], -r["mean_episode_length"]), default=None)
+        last = own[-1]["runs"][name]
+        minutes = sum(w["runs"][name]["wall_s"] for w in own) / 60
+        rate = f"{last['optimizer_steps_per_s']:.1f}" if last["optimizer_steps_per_s"] else "-"
+        top = f"{best['success_rate']:.3f} ({best['step']:,})" if best else "-"
+        lines.append(f"| `{name}` | {len(own)} | {last['step']:,} | {minutes:.1f} | {rate} | {top} |")
+    gpus = sorted({w["report"].get("gpu", "CPU (dry run)") for w in windows})
+    lines += ["", f"Devices: {', '.join(gpus)}. Windows: "
+              + ", ".join(f"{w['date']} ({w.get('wall_s', 0) / 60:.1f} min)" for w in windows) + "."]
+    return "\n".join(lines) + "\n"

@@ -19,8 +19,8 @@ def run_notebook(name: str, tmp_path: Path, **parameters) -> str:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name, parameters, message", [
-    ("02_training", {"env": "mars"}, "unknown env 'mars'; choose one of fourrooms, maze"),
-    ("02_training", {"conditions": ["carry"]}, "unknown condition(s) ['carry']"),
+    ("02_training", {"envs": ["mars"]}, "unknown env 'mars'; choose one of fourrooms, maze"),
+    ("02_training", {"hrm_conditions": ["carry"]}, "unknown condition(s) ['carry']"),
     ("03_evaluation", {"checkpoint": "missing.pt"}, "checkpoint missing.pt does not exist"),
     ("03_evaluation", {"pretrained_dir": "nowhere"}, "no fourrooms agents in 'nowhere'"),
     ("05_convergence", {"envs": ["mars"]}, "no mars agents in"),

@@ -90,6 +90,8 @@ class QOutput(NamedTuple):
 
 
 class HRMQNetwork(nn.Module):
+    recurrent = True
+
     def __init__(self, config: HRMConfig):
         super().__init__()
         c = self.config = config

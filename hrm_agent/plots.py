@@ -104,14 +104,16 @@ def plot_evaluation(results: dict[str, Episodes], title: str, path: str | Path |
         errors = np.abs(values[:, 1:].T - values[:, 0])
         ax.bar(x, means, yerr=errors, color=colours, capsize=4)
         for i in np.flatnonzero(np.isnan(values[:, 0])):
-            ax.text(x[i], 0, f" {NO_SUCCESS}", rotation=90, ha="center", va="bottom", fontsize=8)
+            ax.annotate(NO_SUCCESS, (x[i], 0), xytext=(0, 4), textcoords="offset points", rotation=90,
+                        ha="center", va="bottom", fontsize=8, zorder=4,
+                        bbox=dict(facecolor="white", edgecolor="none", pad=1))
         for label in (label for label in references if label in results):
             estimate, lo, hi = stats[label][key]
             if np.isnan(estimate):
                 continue
             style = REFERENCE_STYLES.get(label, {})
-            line = ax.axhline(estimate, linewidth=1.2, **style)
-            band = ax.axhspan(lo, hi, color=style.get("color"), alpha=0.12, linewidth=0)
+            line = ax.axhline(estimate, linewidth=1.2, zorder=3, **style)  # over the bars
+            band = ax.axhspan(lo, hi, color=style.get("color"), alpha=0.12, linewidth=0, zorder=0.5)
             legend[label] = (band, line)
         ax.set_xticks(x, agents, rotation=25, ha="right", fontsize=8)
         ax.set_title(name, fontsize=10)

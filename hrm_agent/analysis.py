@@ -329,8 +329,9 @@ def plot_convergence(curves: Sequence[Curve], title: str,
                      solved: Mapping[str, tuple[float, int]] | None = None, path=None):
     """The paper's convergence / divergence figure: z_L left, z_H right, median MSE per
     recurrent step on a log axis floored at float32 eps, bootstrap CI bands (in the legend),
-    Carry Z solid, Reset Z dashed, and a side legend with the % of environments solved per eval mode
-    (`solved`: mode -> (fraction, N), from `solved_fraction`). Saved to `path` when given."""
+    Carry Z solid, Reset Z dashed, and a side legend with the % of environments solved per
+    eval mode (`solved`: mode -> (fraction, N), from `solved_fraction`). Saved to `path` when
+    given."""
     from matplotlib.figure import Figure  # no pyplot: no global state, safe without a display
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
+from hrm_agent.envs.grid import ACTION_ARROWS
 from hrm_agent.envs.render import plot_grid
 from hrm_agent.envs.stats import POLICY_LABELS
 from hrm_agent.evaluate import NO_SUCCESS, Episodes, interval_stats
@@ -22,7 +23,6 @@ CURVES = {  # metric -> (y label, legend location), as the paper's training figu
     "success_rate": ("Fraction of validation episodes reaching goal", "lower right"),
     "mean_episode_length": ("Mean episode length", "upper right"),
 }
-ACTION_ARROWS = "↑→↓←"  # actions 0=N 1=E 2=S 3=W
 
 
 def read_metrics(run_dir: str | Path, kind: str = "val") -> list[dict]:

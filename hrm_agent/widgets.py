@@ -28,14 +28,15 @@ import torch
 from ipyevents import Event
 
 from hrm_agent.envs import ACTION_NAMES, ENVS, make_env
+from hrm_agent.envs.grid import ACTION_ARROWS
 from hrm_agent.envs.render import LEGEND, render_rgb
 
 CELL_PX = 24
 PRETRAINED_DIR = Path(__file__).resolve().parents[1] / "pretrained"
 # The agent "default" loads: pretrained/<env>-<DEFAULT_AGENT>/agent.pt ("cnn": the CNN baselines).
 DEFAULT_AGENT = "carry-z"
-KEYS = {"arrowup": 0, "arrowright": 1, "arrowdown": 2, "arrowleft": 3, "w": 0, "d": 1, "s": 2, "a": 3}
-ARROWS = "↑→↓←"  # actions 0=N 1=E 2=S 3=W
+KEYS = {"arrowup": 0, "arrowright": 1, "arrowdown": 2, "arrowleft": 3,  # KeyboardEvent.key, lower case
+        "w": 0, "d": 1, "s": 2, "a": 3}
 MAX_STEPS_PER_SECOND = 10
 
 
@@ -85,7 +86,7 @@ def q_bars_html(q: list[float], best: int) -> str:
         weight = "bold" if a == best else "normal"
         rows.append(
             f'<div style="display:flex;align-items:center;gap:6px;font-weight:{weight}">'
-            f'<span style="width:32px">{ARROWS[a]} {name}</span>'
+            f'<span style="width:32px">{ACTION_ARROWS[a]} {name}</span>'
             f'<span style="position:relative;width:140px;height:12px;background:#f2f2f2;'
             f'border-left:1px solid #ccc;border-right:1px solid #ccc">'
             f'<span style="position:absolute;left:50%;top:0;bottom:0;border-left:1px solid #888"></span>'
@@ -151,6 +152,7 @@ class PlayWidget:
         self._episode_start = True
         self.q_values = self._trace = None
         self.q_html.value, self.plot.value = "", b""
+        self.plot.layout.display = "none"  # until there is a trace to show
         if self.model is not None:
             from hrm_agent.agent import Agent
 
@@ -258,13 +260,14 @@ class PlayWidget:
 
     def _show_trace(self) -> None:
         self.plot.value = convergence_png(*self._trace)
+        self.plot.layout.display = None
 
     def _show_agent_controls(self) -> None:
         self.agent_box.layout.display = "none" if self.model is None else None
         if self.model is not None:
-            self.agent_label.value = f"agent <b>{self.agent_name}</b>"
+            name = html.escape(self.agent_name)
+            self.agent_label.value = f'<span style="white-space:nowrap">agent <b>{name}</b></span>'
             self.carry_box.layout.display = None if self.model.recurrent else "none"
-            self.plot.layout.display = None if self.model.recurrent else "none"
             if self.model.recurrent:
                 self.carry_box.value = self.config.train.carry_z
 
@@ -298,18 +301,19 @@ class PlayWidget:
         self.agent_button.add_class("hrm-agent-step")
         self.agent_button.on_click(lambda _: self.agent_step())
         self.speed = W.IntSlider(value=4, min=1, max=MAX_STEPS_PER_SECOND, description="steps/s")
-        self.play = W.Play(min=0, max=10**9, interval=250, show_repeat=False, description="auto-play")
+        self.play = W.Play(min=0, max=10**9, interval=250, show_repeat=False, tooltip="auto-play the agent")
         self.play.add_class("hrm-play")
         W.dlink((self.speed, "value"), (self.play, "interval"), transform=lambda v: 1000 // v)
         self.play.observe(self._on_play_value, names="value")
         self.play.observe(self._on_playing, names="playing")
         self.carry_box = W.Checkbox(value=True, description="Carry Z", indent=False)
-        self.q_html = W.HTML()
+        self.q_html = W.HTML(layout=W.Layout(margin="0 16px 0 0"))
         self.q_html.add_class("hrm-q")
         self.plot = W.Image(format="png")
         self.plot.add_class("hrm-convergence")
         self.agent_box = W.VBox([
-            W.HBox([self.agent_label, self.agent_button, self.play, self.speed, self.carry_box]),
+            W.HBox([self.agent_label, self.agent_button, self.play, self.speed, self.carry_box],
+                   layout=W.Layout(align_items="center")),
             W.HBox([self.q_html, self.plot])])
 
         b = self.buttons

@@ -171,11 +171,12 @@ def test_play_notebook_in_jupyterlab(lab):
                 arg=step_of(status1) + 4, timeout=60_000)
             assert page.locator(".hrm-q .hrm-q-bar").count() == 4  # the Q-value bars
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-            page.locator(".hrm-maze").locator("xpath=ancestor::div[contains(@class, 'jp-OutputArea-output')]") \
-                .first.screenshot(path=str(SCREENSHOT))
+            widget = maze.locator("xpath=ancestor::div[contains(@class, 'jp-OutputArea-output')]")
+            widget.first.screenshot(path=str(SCREENSHOT))
             play.click()  # pause
             page.wait_for_selector(".hrm-play button i.fa-play")
-            page.wait_for_function("() => document.querySelector('img.hrm-convergence')?.src?.length > 100")
+            page.wait_for_function(  # the convergence plot is drawn on pause
+                "() => document.querySelector('img.hrm-convergence')?.naturalWidth > 0")
             paused = status.inner_text()
             page.wait_for_timeout(1_500)
             status2 = status.inner_text()

@@ -1,4 +1,6 @@
 """Greedy evaluation: reference policies on the agents' episodes, intervals, the comparison."""
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -6,6 +8,8 @@ from hrm_agent.envs import make_env
 from hrm_agent.envs.stats import POLICY_LABELS
 from hrm_agent.evaluate import (NO_SUCCESS, Episodes, bootstrap_mean_ci, compare_agents,
                                 find_agents, interval_stats, policy_episodes, summary_table)
+
+PRETRAINED = Path(__file__).resolve().parents[1] / "pretrained"
 
 
 def episodes(success, length, optimal):
@@ -60,13 +64,13 @@ def test_compare_agents_gives_a_recurrent_net_both_modes_and_others_one(monkeypa
         return model, config
 
     monkeypatch.setattr(hrm_agent.trainer, "load_agent", load_as_baseline)
-    results = compare_agents(find_agents("pretrained", "fourrooms"), episodes=4, seed=0)
+    results = compare_agents(find_agents(PRETRAINED, "fourrooms"), episodes=4, seed=0)
     assert list(results) == ["fourrooms-carry-z | eval Carry Z", "fourrooms-carry-z | eval Reset Z",
                              "fourrooms-reset-z", *POLICY_LABELS.values()]
     optimal = [r.optimal_length for r in results.values()]
     assert all((o == optimal[0]).all() for o in optimal)  # one set of episodes
     with pytest.raises(ValueError, match="other env settings"):
-        compare_agents({**find_agents("pretrained", "fourrooms"), **find_agents("pretrained", "maze")},
+        compare_agents({**find_agents(PRETRAINED, "fourrooms"), **find_agents(PRETRAINED, "maze")},
                        episodes=1, seed=0, policies=())
     with pytest.raises(ValueError, match="no checkpoints"):
         compare_agents({}, episodes=1, seed=0)

@@ -329,11 +329,13 @@ def curves_table(curves: Sequence[Curve]) -> list[dict]:
 def plot_convergence(curves: Sequence[Curve], title: str,
                      solved: Mapping[str, tuple[float, int]] | None = None, path=None):
     """The paper's convergence / divergence figure: z_L left, z_H right, median MSE per
-    recurrent step on a log axis floored at float32 eps, bootstrap CI bands, Carry Z solid,
-    Reset Z dashed, and a side legend with the % of environments solved per eval mode
-    (`solved`: mode -> (fraction, N), from `solved_fraction`). Saved to `path` when given."""
+    recurrent step on a log axis floored at float32 eps, bootstrap CI bands (in the legend),
+    Carry Z solid, Reset Z dashed, and a side legend with the % of environments solved per
+    eval mode (`solved`: mode -> (fraction, N), from `solved_fraction`). Saved to `path` when
+    given."""
     from matplotlib.figure import Figure  # no pyplot: no global state, safe without a display
     from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     fig = Figure(figsize=(12, 5), dpi=100, layout="constrained")
     axes = fig.subplots(1, 2)
@@ -353,6 +355,8 @@ def plot_convergence(curves: Sequence[Curve], title: str,
         ax.grid(True, which="major", alpha=0.3)
     fig.suptitle(title)
     handles, labels = axes[1].get_legend_handles_labels()
+    handles.append(Patch(color="grey", alpha=0.3, linewidth=0))
+    labels.append("shaded: bootstrap 95% CI")
     fig.legend(handles, labels, loc="outside right upper", fontsize="small")
     if solved:
         ns = "/".join(str(n) for n in sorted({n for _, n in solved.values()}))

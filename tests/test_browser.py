@@ -2,7 +2,8 @@
 
 Needs Debian's `chromium` (/usr/bin/chromium; no Playwright browser download) and the python
 `playwright` package. Skipped when either is missing, unless HRM_REQUIRE_BROWSER=1 (CI), then
-it fails. Writes a screenshot to figures/screenshots/play.png.
+it fails. Writes a screenshot of the widget, the shipped agent auto-playing, to
+figures/screenshots/play.png.
 """
 from __future__ import annotations
 
@@ -121,7 +122,12 @@ def lab(tmp_path):
                 proc.wait(timeout=10)
 
 
+def step_of(status: str) -> int:
+    return int(status.split(" ")[1])  # "step 3 · reward ..."
+
+
 def test_play_notebook_in_jupyterlab(lab):
+    """Run the notebook; arrow keys on the board move the agent; ▶ auto-plays the shipped agent."""
     from playwright.sync_api import sync_playwright
 
     base, name, log = lab
@@ -129,7 +135,7 @@ def test_play_notebook_in_jupyterlab(lab):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
         try:
-            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
             page.set_default_timeout(60_000)
             page.goto(f"{base}/lab/tree/{name}", wait_until="domcontentloaded")
             page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
@@ -138,25 +144,43 @@ def test_play_notebook_in_jupyterlab(lab):
             accept_dialogs(page, seconds=1)
             page.locator(".lm-MenuBar-itemLabel", has_text="Run").first.click()
             page.locator(".lm-Menu-itemLabel", has_text="Run All Cells").first.click()
-            east = page.locator("button.hrm-move-E")
-            east.wait_for(state="visible", timeout=120_000)
-            status = page.locator(".hrm-status")
             maze = page.locator("img.hrm-maze")
+            maze.wait_for(state="visible", timeout=120_000)
+            status = page.locator(".hrm-status")
             page.wait_for_function("() => document.querySelector('.hrm-status')?.innerText.startsWith('step 0')")
             status0, src0 = status.inner_text(), maze.get_attribute("src")
             assert src0, "the maze image has no src"
-            for move in "ESWNESWN":  # until the image changes: a move, not a bump
-                before = status.inner_text()  # read before the click: the update may be fast
-                page.locator(f"button.hrm-move-{move}").click()
+
+            # keyboard: ipyevents listens while the mouse is over the board
+            maze.hover()
+            for key in ["ArrowRight", "ArrowDown", "ArrowLeft", "ArrowUp"] * 2:  # until a move, not a bump
+                before = status.inner_text()  # read before the key: the update may be fast
+                page.keyboard.press(key)
                 page.wait_for_function(
                     "old => document.querySelector('.hrm-status')?.innerText !== old", arg=before)
                 if maze.get_attribute("src") != src0:
                     break
             status1, src1 = status.inner_text(), maze.get_attribute("src")
-            assert status1 != status0 and not status1.startswith("step 0"), (status0, status1)
-            assert src1 != src0
+            assert step_of(status1) >= 1 and src1 != src0, (status0, status1)
+
+            # auto-play: ▶ steps the agent on a timer until paused
+            play = page.locator(".hrm-play button").first
+            play.click()
+            page.wait_for_function(
+                "n => parseInt(document.querySelector('.hrm-status')?.innerText.split(' ')[1]) >= n",
+                arg=step_of(status1) + 4, timeout=60_000)
+            assert page.locator(".hrm-q .hrm-q-bar").count() == 4  # the Q-value bars
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SCREENSHOT), full_page=True)
+            widget = maze.locator("xpath=ancestor::div[contains(@class, 'jp-OutputArea-output')]")
+            widget.first.screenshot(path=str(SCREENSHOT))
+            play.click()  # pause
+            page.wait_for_selector(".hrm-play button i.fa-play")
+            page.wait_for_function(  # the convergence plot is drawn on pause
+                "() => document.querySelector('img.hrm-convergence')?.naturalWidth > 0")
+            paused = status.inner_text()
+            page.wait_for_timeout(1_500)
+            status2 = status.inner_text()
+            assert status2 == paused and step_of(status2) >= step_of(status1) + 4, (status1, status2)
         except Exception:
             print(log.read_text()[-3000:])
             SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
@@ -164,4 +188,5 @@ def test_play_notebook_in_jupyterlab(lab):
             raise
         finally:
             browser.close()
-    print(f"browser test: {time.monotonic() - started:.1f} s after the server answered; {status0!r} -> {status1!r}")
+    print(f"browser test: {time.monotonic() - started:.1f} s after the server answered; "
+          f"{status0!r} -> keys {status1!r} -> auto-play {status2!r}")

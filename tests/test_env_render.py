@@ -45,3 +45,17 @@ def test_door_change_strip_ends_with_a_change():
     assert t1 == t0 + 1 and t2 == t1 + 1 and t0 >= 1
     closed = [{tuple(x) for x in np.argwhere(g == WALL_V)} for g in (a, b, c)]
     assert closed[0] == closed[1] != closed[2]
+
+
+def test_legend_explains_every_look_in_the_renders():
+    from hrm_agent.envs.render import LEGEND, legend_handles
+
+    for env in (FourRooms(8, seed=0), Maze(8, seed=0)):
+        seen = set(env.reset().unique().tolist())
+        for _ in range(20):
+            seen |= set(env.step(torch.randint(4, (8,)))[0].unique().tolist())
+        explained = {token for _, token in LEGEND[env.name]} | {FLOOR, WALL_H}  # `-` looks as `|`
+        assert seen <= explained and {AGENT, GOAL, START, WALL_V} <= seen
+        handles, labels = legend_handles(env.name)
+        assert len(handles) == len(labels) == len(LEGEND[env.name])
+    assert ("closed dynamic door #", DOOR) in LEGEND["maze"]

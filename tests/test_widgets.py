@@ -1,10 +1,15 @@
-"""PlayWidget driven without a browser: button clicks, slider changes and agent steps."""
+"""PlayWidget driven without a browser: keys, button clicks, slider changes, agent steps and
+auto-play ticks."""
+import html
+import re
+
 import pytest
 import torch
 
 from hrm_agent.envs import oracle_actions
 from hrm_agent.envs.core import STEP_PENALTY
-from hrm_agent.widgets import PlayWidget
+from hrm_agent.envs.render import LEGEND
+from hrm_agent.widgets import PlayWidget, default_checkpoint, key_action
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -41,7 +46,7 @@ def walk_to_wall(w: PlayWidget) -> None:
 
 @pytest.mark.parametrize("env", ["fourrooms", "maze"])
 def test_buttons_move_the_agent(env):
-    w = PlayWidget(env, seed=0, p_change=0.0)
+    w = PlayWidget(env, seed=0, p_change=0.0, checkpoint=None)
     assert w.step_count == 0 and not w.done and w.image_bytes.startswith(PNG)
     assert w.status.value.startswith("step 0 ·")
     a = free_action(w)
@@ -110,8 +115,8 @@ def test_bad_arguments():
         PlayWidget(checkpoint="pretrained/nope.pt")
     with pytest.raises(ValueError, match="p_change"):
         PlayWidget(p_change=2.0)
-    with pytest.raises(RuntimeError, match="no checkpoint"):
-        PlayWidget().agent_step()
+    with pytest.raises(RuntimeError, match="no agent loaded"):
+        PlayWidget(checkpoint=None).agent_step()
 
 
 def test_finished_episode_blocks_moves_until_reset():
@@ -133,28 +138,86 @@ def test_finished_episode_blocks_moves_until_reset():
     assert w.done and "truncated" in w.status.value and not w.move("E")
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    from hrm_agent.trainer import Trainer
-    from tests.conftest import tiny_config
-
-    out = tmp_path_factory.mktemp("ckpt") / "run"
-    Trainer(tiny_config("train.total_steps=2", "train.val_episodes=1"), out).train(progress=False)
-    return out / "checkpoint.pt"
+def test_keys_map_to_moves():
+    assert [key_action(k) for k in ("ArrowUp", "ArrowRight", "ArrowDown", "ArrowLeft")] == [0, 1, 2, 3]
+    assert [key_action(k) for k in "wdsaWDSA"] == [0, 1, 2, 3] * 2
+    assert key_action("q") is None and key_action("Enter") is None and key_action("") is None
 
 
-def test_agent_mode_steps_and_shows_q_values(checkpoint):
-    w = PlayWidget(seed=0, checkpoint=checkpoint)
-    assert w.env_name == "fourrooms" and w.env_box.disabled and w.mode.value == "agent"
-    assert w.buttons["N"].disabled and not w.agent_button.disabled
+def test_key_on_the_board_moves_the_agent_and_pauses_auto_play():
+    w = PlayWidget("fourrooms", seed=0, p_change=0.0)
+    a = free_action(w)
+    pos = w.agent_position
+    w.play.playing = True
+    assert not w.on_key({"type": "keydown", "key": "x"}) and w.step_count == 0 and w.play.playing
+    assert w.on_key({"type": "keydown", "key": ["ArrowUp", "ArrowRight", "ArrowDown", "ArrowLeft"][a]})
+    assert w.step_count == 1 and w.agent_position != pos and not w.play.playing
+
+
+def test_the_shipped_agent_is_the_default_and_follows_the_env():
+    w = PlayWidget(seed=0)
+    assert w.agent_name == default_checkpoint("fourrooms").parent.name and w.model.recurrent
+    assert w.agent_box.layout.display is None and not w.env_box.disabled
+    w.env_box.value = "maze"
+    assert w.agent_name == default_checkpoint("maze").parent.name and w.env.name == "maze"
+    assert w.agent_step() in range(4) and w.step_count == 1
+    human = PlayWidget(checkpoint=None)
+    assert human.model is None and human.agent_box.layout.display == "none"
+    assert PlayWidget(checkpoint="").model is None  # "" too (an empty notebook parameter)
+
+
+def test_legend_names_every_colour_of_the_env():
+    w = PlayWidget("fourrooms", checkpoint=None)
+    for env in ("fourrooms", "maze"):
+        w.env_box.value = env
+        labels = [html.unescape(x) for x in re.findall(r"> ([^<]+)</span>", w.legend.value)]
+        assert labels == [label for label, _ in LEGEND[env]]
+        assert w.legend.value.count("data:image/png;base64,") == len(LEGEND[env])
+
+
+def test_agent_step_shows_q_bars_and_convergence_and_moves():
+    w = PlayWidget(seed=0, checkpoint=default_checkpoint("fourrooms"))
+    assert w.env_name == "fourrooms" and w.env_box.disabled  # an explicit agent fixes the env
     w.agent_button.click()
     assert w.step_count == 1 and len(w.q_values) == 4
-    assert all(f"{n} " in w.q_html.value for n in "NESW") and "<b>" in w.q_html.value
-    assert bytes(w.plot.value).startswith(PNG)
+    best = max(range(4), key=lambda a: w.q_values[a])
+    widths = [float(x) for x in re.findall(r'class="hrm-q-bar" style="[^"]*width:([\d.]+)%', w.q_html.value)]
+    assert len(widths) == 4 and max(widths) == pytest.approx(50.0)  # the largest |Q| spans half
+    assert widths.index(max(widths)) == max(range(4), key=lambda a: abs(w.q_values[a]))
+    assert f"bold\"><span style=\"width:32px\">{'↑→↓←'[best]}" in w.q_html.value
+    assert bytes(w.plot.value).startswith(PNG) and w.plot.layout.display is None
     w.carry_box.value = not w.carry_box.value  # Reset Z <-> Carry Z
     assert w.agent_step() in range(4) and w.agent.carry_z == w.carry_box.value
-    w.mode.value = "human"
-    assert not w.buttons["N"].disabled and w.agent_button.disabled
+    w.buttons["N"].click()  # a human may take over at any time
+    assert w.step_count == 3
     with pytest.raises(ValueError, match="trained on 'fourrooms', not 'maze'"):
-        PlayWidget("maze", checkpoint=str(checkpoint))
-    assert PlayWidget(checkpoint="").model is None  # "" means no checkpoint (notebook parameter)
+        PlayWidget("maze", checkpoint=str(default_checkpoint("fourrooms")))
+
+
+def test_a_non_recurrent_agent_has_no_carry_z_or_convergence_plot():
+    w = PlayWidget(seed=0)
+    w.model.recurrent = False  # as the baselines (class attribute False)
+    w._show_agent_controls()
+    w.reset()
+    assert w.carry_box.layout.display == "none"
+    assert w.agent_step() in range(4) and not w.agent.carry_z
+    assert w.plot.value == b"" and w.plot.layout.display == "none"
+
+
+def test_auto_play_ticks_step_the_agent_and_pause_at_the_end():
+    w = PlayWidget(seed=0, p_change=0.0)
+    w.env.max_steps = 3
+    w.speed.value = 5
+    assert w.play.interval == 200
+    w.play.playing = True
+    for tick in range(1, 3):
+        w.play.value = tick  # what the ▶ timer does in the browser
+        assert w.step_count == tick and w.play.playing
+        assert w.plot.layout.display == "none"  # no plot while playing
+    w.play.value = 0  # ■ rewinds the counter: no step
+    assert w.step_count == 2
+    w.play.value = 1
+    assert w.done and w.step_count == 3 and not w.play.playing  # the episode ended: paused
+    assert bytes(w.plot.value).startswith(PNG)  # drawn once paused
+    w.play.playing = True
+    assert w.tick() is None and w.step_count == 3 and not w.play.playing

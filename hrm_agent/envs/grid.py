@@ -21,6 +21,7 @@ STEP_PENALTY = -0.01  # MiniHack `penalty_step`, paid when the agent bumps and d
 WIN_REWARD = 1.0  # stepping onto the goal (the episode terminates)
 
 ACTION_NAMES = ("N", "E", "S", "W")  # NLE CompassCardinalDirection order
+ACTION_ARROWS = "↑→↓←"  # the same order, for pictures
 MOVES = ((-1, 0), (0, 1), (1, 0), (0, -1))  # (d_row, d_col) per action
 
 

@@ -25,6 +25,14 @@ COLOURS = {  # token -> RGB
 }
 UNKNOWN_RGB = (255, 0, 255)
 CELL_PX = 16
+CHANGED_RGB = (213, 94, 0)  # vermillion: the outline of a cell a door redraw changed
+LEGEND = {  # env name -> (label, token) of every look in its renders, for the figures and the widget
+    "fourrooms": [("agent @", AGENT), ("goal >", GOAL), ("start <", START),
+                  ("wall, closed doorway |", WALL_V)],  # the closed doorway is a wall token
+    "maze": [("agent @", AGENT), ("goal >", GOAL), ("start <", START),
+             ("wall, fixed wall |", WALL_V), ("closed dynamic door #", DOOR)],
+}
+_MARKERS = {AGENT: ("o", 9), GOAL: ("s", 9), START: ("s", 5), WALL_V: ("s", 11), DOOR: ("s", 11)}
 
 
 def _grid(obs, shape=None) -> np.ndarray:
@@ -77,6 +85,19 @@ def plot_grid(ax, obs, shape=None, title: str | None = None) -> None:
         ax.set_title(title, fontsize=9)
 
 
+def legend_handles(env_name: str) -> tuple[list, list[str]]:
+    """Matplotlib legend handles and labels for the looks in `env_name`'s renders."""
+    from matplotlib.lines import Line2D
+
+    if env_name not in LEGEND:
+        raise ValueError(f"unknown env {env_name!r}; choose one of {', '.join(LEGEND)}")
+    handles = [Line2D([], [], linestyle="none", marker=_MARKERS[token][0],
+                      markersize=_MARKERS[token][1], markeredgewidth=0,
+                      markerfacecolor=np.divide(COLOURS[token], 255))
+               for _, token in LEGEND[env_name]]
+    return handles, [label for label, _ in LEGEND[env_name]]
+
+
 def _door_change_strip(env, frames: int, max_steps: int = 100_000) -> list[tuple[int, np.ndarray]]:
     """`frames` consecutive observations (step, grid) of one oracle episode of `env` (B=1)
     whose last frame is the first to show a door redraw."""
@@ -96,12 +117,14 @@ def _door_change_strip(env, frames: int, max_steps: int = 100_000) -> list[tuple
 
 def save_env_figures(out_dir, seed: int = 0, frames: int = 4) -> list[Path]:
     """Write `env_<name>.png` for both envs into `out_dir`: `frames` consecutive steps of an
-    oracle agent, the last one just after a door redraw (changed cells outlined)."""
+    oracle agent, the last one just after a door redraw (changed cells outlined), and a
+    legend of the colours."""
     from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
+    from matplotlib.patches import Patch, Rectangle
 
     from hrm_agent.envs import ENVS
 
+    changed_colour = np.divide(CHANGED_RGB, 255)
     titles = {"fourrooms": "Four-rooms: one of the four doorways is closed (`|`)",
               "maze": "Maze: fixed walls `|` and five dynamic doors `#` (orange)"}
     out_dir = Path(out_dir)
@@ -110,7 +133,7 @@ def save_env_figures(out_dir, seed: int = 0, frames: int = 4) -> list[Path]:
     for name, env_class in ENVS.items():
         env = env_class(1, seed=seed)
         strip = _door_change_strip(env, frames)
-        fig = Figure(figsize=(2.3 * frames, 2.3 * env.height / env.width + 0.7))
+        fig = Figure(figsize=(2.3 * frames, 2.3 * env.height / env.width + 0.9), layout="constrained")
         axes = fig.subplots(1, frames)
         for i, (ax, (t, grid)) in enumerate(zip(axes, strip)):
             redrawn = i == frames - 1
@@ -120,7 +143,12 @@ def save_env_figures(out_dir, seed: int = 0, frames: int = 4) -> list[Path]:
                 changed = (grid != before) & (grid != AGENT) & (before != AGENT)
                 for r, c in zip(*np.nonzero(changed)):
                     ax.add_patch(Rectangle((c * CELL_PX - 0.5, r * CELL_PX - 0.5), CELL_PX, CELL_PX,
-                                           fill=False, edgecolor=(0.84, 0.37, 0.0), linewidth=2))
+                                           fill=False, edgecolor=changed_colour, linewidth=2))
+        handles, labels = legend_handles(name)
+        handles.append(Patch(fill=False, edgecolor=changed_colour, linewidth=2))
+        labels.append("changed by the redraw")
+        fig.legend(handles, labels, loc="outside lower center", ncol=len(labels), fontsize=8,
+                   frameon=False)
         fig.suptitle(titles[name], fontsize=10)
         path = out_dir / f"env_{name}.png"
         fig.savefig(path, dpi=120, bbox_inches="tight")

@@ -12,6 +12,20 @@ from hrm_agent.envs import make_env
 from hrm_agent.envs.oracle import grid_path_lengths, oracle_actions
 
 POLICIES = ("random", "oracle")
+POLICY_LABELS = {"random": "random policy", "oracle": "BFS oracle"}  # in tables and legends
+
+
+def check_policy(policy: str) -> str:
+    if policy not in POLICIES:
+        raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    return policy
+
+
+def policy_actions(policy: str, env, generator: torch.Generator) -> torch.Tensor:
+    """(B,) long: the next actions of `policy` in every env of `env` (random: from `generator`)."""
+    if policy == "random":
+        return torch.randint(env.num_actions, (env.num_envs,), generator=generator, device=env.device)
+    return oracle_actions(env)
 
 
 def envstats(env: str, policy: str, *, episodes: int, seed: int, num_envs: int = 256,
@@ -29,8 +43,7 @@ def envstats(env: str, policy: str, *, episodes: int, seed: int, num_envs: int =
       reset observation shows no doors or fixed walls, so this is the observation after the
       first step; with `draw_doors_at_reset=True` it is the reset observation.
     """
-    if policy not in POLICIES:
-        raise ValueError(f"unknown policy {policy!r}; choose one of {', '.join(POLICIES)}")
+    check_policy(policy)
     if episodes < 1:
         raise ValueError(f"episodes must be >= 1, got {episodes}")
     num_envs = min(num_envs, episodes)
@@ -48,11 +61,7 @@ def envstats(env: str, policy: str, *, episodes: int, seed: int, num_envs: int =
     obs = batch.reset()
     paths = path_lengths(obs)  # replaced after the first step under the quirk
     while bool((counted < quota).any()):
-        if policy == "random":
-            actions = torch.randint(batch.num_actions, (num_envs,), generator=generator,
-                                    device=batch.device)
-        else:
-            actions = oracle_actions(batch)
+        actions = policy_actions(policy, batch, generator)
         first_step = (batch.elapsed == 0).nonzero().squeeze(1)
         obs, _, terminated, truncated, info = batch.step(actions)
         if not batch.draw_doors_at_reset:
@@ -80,3 +89,9 @@ def envstats(env: str, policy: str, *, episodes: int, seed: int, num_envs: int =
         "mean_oracle_path_length": float(path[reachable].mean()),
         "unreachable_fraction": float((~reachable).double().mean()),
     }
+
+
+def reference_stats(env: str, *, episodes: int, seed: int, **kwargs) -> dict[str, dict]:
+    """`envstats` of every policy, by its label: the reference lines of the learning curves."""
+    return {POLICY_LABELS[policy]: envstats(env, policy, episodes=episodes, seed=seed, **kwargs)
+            for policy in POLICIES}

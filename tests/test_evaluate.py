@@ -53,20 +53,12 @@ def test_reference_policies_play_the_same_episodes():
         policy_episodes("greedy", make_env("maze", 1), seed=0)
 
 
-def test_compare_agents_gives_a_recurrent_net_both_modes_and_others_one(monkeypatch):
-    import hrm_agent.trainer
-
-    load_agent = hrm_agent.trainer.load_agent
-
-    def load_as_baseline(path, device="cpu"):
-        model, config = load_agent(path, device)
-        model.recurrent = "reset" not in str(path)  # pretend reset-z is a non-recurrent baseline
-        return model, config
-
-    monkeypatch.setattr(hrm_agent.trainer, "load_agent", load_as_baseline)
-    results = compare_agents(find_agents(PRETRAINED, "fourrooms"), episodes=4, seed=0)
+def test_compare_agents_gives_a_recurrent_net_both_modes_and_others_one():
+    shipped = find_agents(PRETRAINED, "fourrooms")
+    agents = {name: shipped[name] for name in ("fourrooms-carry-z", "fourrooms-cnn")}
+    results = compare_agents(agents, episodes=4, seed=0)
     assert list(results) == ["fourrooms-carry-z | eval Carry Z", "fourrooms-carry-z | eval Reset Z",
-                             "fourrooms-reset-z", *POLICY_LABELS.values()]
+                             "fourrooms-cnn", *POLICY_LABELS.values()]
     optimal = [r.optimal_length for r in results.values()]
     assert all((o == optimal[0]).all() for o in optimal)  # one set of episodes
     with pytest.raises(ValueError, match="other env settings"):

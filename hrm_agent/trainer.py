@@ -436,8 +436,9 @@ def resumed_config(out: str | Path, overrides: list[str], *, profile: str | None
                                                    [f"train.carry_z={str(carry_z).lower()}"]))
         diff = config_diff(config.to_dict(), given.to_dict(), ignore=EXTENDABLE)
         if diff:
+            more = f"; {len(diff) - 3} more" if len(diff) > 3 else ""
             raise ConfigError(f"--profile {profile} contradicts the run in {out} (checkpoint != "
-                              f"profile: {'; '.join(diff)}); leave it out to resume")
+                              f"profile: {'; '.join(diff[:3])}{more}); leave it out to resume")
     return config
 
 

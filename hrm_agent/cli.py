@@ -97,7 +97,7 @@ def _int_at_least(minimum: int, maximum: int = 2**63 - 1):
 
 
 positive_int = _int_at_least(1)
-seed_int = _int_at_least(0)  # torch generators take 64-bit seeds
+seed_int = _int_at_least(0)  # below 2**63: torch takes 64-bit seeds, and runs derive seed + k
 
 
 def out_dir(text: str) -> str:
@@ -108,6 +108,7 @@ def out_dir(text: str) -> str:
 
 
 def out_file(text: str) -> str:
+    """An output file: anything but an existing directory."""
     if Path(text).is_dir():
         raise argparse.ArgumentTypeError(f"{text} is a directory; give a file name")
     return text

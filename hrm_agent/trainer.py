@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -382,10 +383,12 @@ class Trainer:
                     torn = True
                     break
                 raise ValueError(f"{path}, line {number}: not a JSON record ({exc}); "
-                                      "fix or delete that line to resume") from None
+                                 "fix or delete that line to resume") from None
             if record["step"] <= self.global_step:
                 kept.append(line)
-        path.write_text("".join(line + "\n" for line in kept))
+        tmp = path.with_name(path.name + ".tmp")  # a kill now must not lose the history
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
         return torn
 
 
@@ -409,11 +412,13 @@ def run_training(profile: str | None, out: str | Path, *, carry_z: bool | None =
                              "give one of them")
         config = resumed_config(out, overrides, profile=profile, carry_z=carry_z)
     else:
-        if carry_z is not None:
-            overrides.append(f"train.carry_z={'true' if carry_z else 'false'}")
-        config = load_profile(profile or DEFAULT_PROFILE, overrides)
+        config = load_profile(profile or DEFAULT_PROFILE, overrides + _carry_override(carry_z))
     trainer = Trainer(config, out, resume=resume, overwrite=overwrite)
     return trainer.train(progress=progress)
+
+
+def _carry_override(carry_z: bool | None) -> list[str]:
+    return [] if carry_z is None else [f"train.carry_z={str(carry_z).lower()}"]
 
 
 def resumed_config(out: str | Path, overrides: list[str], *, profile: str | None = None,
@@ -427,18 +432,16 @@ def resumed_config(out: str | Path, overrides: list[str], *, profile: str | None
                               f"only {', '.join(EXTENDABLE)} may change")
     stored = load_checkpoint(Path(out) / CHECKPOINT)["config"]
     config = experiment_from_dict(apply_overrides(stored, overrides))
-    if carry_z is not None and carry_z != config.train.carry_z:
-        raise ConfigError(f"--{'carry-z' if carry_z else 'reset-z'} contradicts the run in {out} "
-                          f"(train.carry_z={str(config.train.carry_z).lower()}); leave it out "
-                          "to resume")
-    if profile is not None:
-        given = load_profile(profile, overrides + ([] if carry_z is None else
-                                                   [f"train.carry_z={str(carry_z).lower()}"]))
+    flags = [f"--profile {profile}"] if profile else []
+    flags += [] if carry_z is None else ["--carry-z" if carry_z else "--reset-z"]
+    if flags:
+        given = (load_profile(profile, overrides + _carry_override(carry_z)) if profile else
+                 experiment_from_dict(apply_overrides(config.to_dict(), _carry_override(carry_z))))
         diff = config_diff(config.to_dict(), given.to_dict(), ignore=EXTENDABLE)
         if diff:
             more = f"; {len(diff) - 3} more" if len(diff) > 3 else ""
-            raise ConfigError(f"--profile {profile} contradicts the run in {out} (checkpoint != "
-                              f"profile: {'; '.join(diff[:3])}{more}); leave it out to resume")
+            raise ConfigError(f"{' '.join(flags)} contradicts the run in {out} (checkpoint != "
+                              f"given: {'; '.join(diff[:3])}{more}); leave it out to resume")
     return config
 
 

@@ -80,10 +80,11 @@ def test_json_output_is_strict_json_with_null_for_nan(capsys, tmp_path):
 
 
 def test_resume_takes_the_config_from_the_checkpoint(capsys, tmp_path):
-    # trained with a non-default profile, Reset Z and an override: none of it is repeated
+    # trained with a non-default profile, Reset Z and an override: none of it need be repeated,
+    # and a flag that agrees with the checkpoint (--reset-z) is accepted
     Trainer(tiny_config("train.total_steps=2", "train.carry_z=false", "train.lr=5e-4"),
             tmp_path).train(progress=False)
-    main(["train", "--out", str(tmp_path), "--resume", "--no-progress", "--json",
+    main(["train", "--out", str(tmp_path), "--resume", "--no-progress", "--json", "--reset-z",
           "--set", "train.total_steps=4", "--set", "model.attn_backend='math'"])
     assert json.loads(capsys.readouterr().out)["step"] == 4
     config = json.loads((tmp_path / "config.json").read_text())
@@ -95,9 +96,10 @@ def test_resume_takes_the_config_from_the_checkpoint(capsys, tmp_path):
     (["--overwrite"], "--resume continues the run in --out and --overwrite deletes it"),
     (["--set", "train.lr=1e-3"], "--set 'train.lr=1e-3': a resumed run keeps the config in its "
                                  "checkpoint; only train.total_steps, "),
-    (["--reset-z"], "--reset-z contradicts the run in {out} (train.carry_z=true)"),
+    (["--reset-z"], "--reset-z contradicts the run in {out} (checkpoint != given: "
+                    "train.carry_z: True != False)"),
     (["--profile", "paper-maze"], "--profile paper-maze contradicts the run in {out} "
-                                  "(checkpoint != profile: "),
+                                  "(checkpoint != given: "),
     (["--profile", "paper-maze"], "env.name: 'fourrooms' != 'maze'"),
 ])
 def test_resume_refuses_flags_that_would_change_the_run(capsys, run_dir, argv, message):

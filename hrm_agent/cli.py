@@ -100,6 +100,20 @@ positive_int = _int_at_least(1)
 seed_int = _int_at_least(0)  # below 2**63: torch takes 64-bit seeds, and runs derive seed + k
 
 
+def device(text: str) -> str:
+    """A torch device that exists here (torch's own errors are tracebacks, late)."""
+    import torch
+
+    try:
+        parsed = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (cpu, cuda, cuda:1, ...)"
+                                         ) from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}, but no CUDA device is available")
+    return text
+
+
 def out_dir(text: str) -> str:
     """An output directory: it may exist, but not as a file."""
     if Path(text).exists() and not Path(text).is_dir():
@@ -124,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--episodes", type=positive_int, default=1000)
     p.add_argument("--seed", type=seed_int, default=0)
     p.add_argument("--num-envs", type=positive_int, default=256, help="envs stepped in parallel")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_envstats)
 
@@ -159,7 +173,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--episodes", type=positive_int, default=1024)
     p.add_argument("--seed", type=seed_int, default=12345)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--device", type=device, default="cpu")
     carry = p.add_mutually_exclusive_group()
     carry.add_argument("--carry-z", dest="carry_z", action="store_true", default=None,
                        help="evaluate with Carry Z (default: as trained)")

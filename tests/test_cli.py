@@ -2,6 +2,7 @@
 import json
 
 import pytest
+import torch
 
 from hrm_agent.cli import main
 from hrm_agent.trainer import CHECKPOINT, METRICS, Trainer
@@ -41,6 +42,10 @@ def test_help_names_the_installed_command(capsys):
     (["envstats", "--env", "maze", "--num-envs", "0"], "argument --num-envs: must be >= 1, got 0"),
     (["envstats", "--env", "maze", "--episodes", "ten"], "argument --episodes: expected an integer, got 'ten'"),
     (["render", "--seed", "-3"], "argument --seed: must be >= 0, got -3"),
+    (["envstats", "--env", "maze", "--device", "gpu0"], "argument --device: 'gpu0' is not a torch device"),
+    pytest.param(["evaluate", "--checkpoint", "x.pt", "--device", "cuda"],
+                 "argument --device: cuda, but no CUDA device is available",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available")),
 ])
 def test_out_of_range_numbers_are_refused(capsys, argv, message):
     assert message in _fails(capsys, *argv)

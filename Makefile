@@ -3,8 +3,13 @@
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
-# The CPU wheel; GPU users: install your CUDA torch into the venv first, then `make setup TORCH=torch`.
+# torch for a venv that has none yet, from PyTorch's CPU index (the CPU build, no CUDA wheels)
+# when that index answers within 5 s; otherwise from pip's own configuration, which on Linux
+# x86_64 with plain PyPI is the CUDA build (~3 GB with its nvidia-* wheels). A torch already in
+# the venv is kept: GPU users install their CUDA torch into $(VENV) first. `TORCH_INDEX=` skips
+# the CPU index.
 TORCH  ?= torch==2.13.0
+TORCH_INDEX ?= https://download.pytorch.org/whl/cpu
 EXTRAS ?= notebooks,test,bench
 NOTEBOOKS := $(sort $(wildcard notebooks/[0-9]*.ipynb))
 # Notebooks run with notebooks/ as working directory, as in JupyterLab and under nbval.
@@ -19,7 +24,17 @@ setup: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet "$(TORCH)" -e ".[$(EXTRAS)]"
+	@if $(BIN)/python -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is None)"; then \
+	  echo "setup: keeping the torch already in $(VENV)"; \
+	elif [ -n "$(TORCH_INDEX)" ] && $(BIN)/python -c "import sys, urllib.request as r; r.urlopen(sys.argv[1], timeout=5).close()" \
+	    "$(TORCH_INDEX)/torch/" 2>/dev/null; then \
+	  echo "setup: $(TORCH) from $(TORCH_INDEX)"; \
+	  $(BIN)/pip install --quiet --index-url "$(TORCH_INDEX)" "$(TORCH)"; \
+	else \
+	  echo "setup: $(TORCH) from pip's own configuration (the CPU index '$(TORCH_INDEX)' did not answer within 5 s)"; \
+	  $(BIN)/pip install --quiet "$(TORCH)"; \
+	fi
+	$(BIN)/pip install --quiet -e ".[$(EXTRAS)]"
 	touch $@
 
 # Unit tests, then every notebook through nbval (stored outputs from `make notebooks`).

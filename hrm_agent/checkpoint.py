@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 FORMAT = "hrm-agent/1"
+CHECKPOINT = "checkpoint.pt"  # a run's checkpoint in its output directory
 
 
 class CheckpointError(ValueError):
@@ -38,15 +39,24 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location="cpu") -> dict[str, Any]:
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """The checkpoint at `path`, every tensor on the CPU: the caller moves what it needs to its
+    device. (Loading straight to a GPU would also move AdamATan2's `step` counters there, and
+    reading them back with `float()` would then sync the device on every optimizer step.)"""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a directory; give the file "
+                              f"(a run keeps it as {path / CHECKPOINT})")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"checkpoint {path} is empty (0 bytes)")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # truncated file, not a torch file, pickled code...
+        detail = (str(exc).splitlines() or [""])[0][:200]
         raise CheckpointError(f"checkpoint {path} cannot be read ({type(exc).__name__}: "
-                              f"{str(exc).splitlines()[0][:200]}); is it corrupt or truncated?") from None
+                              f"{detail}); is it corrupt or truncated?") from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an hrm-agent checkpoint (format {FORMAT!r})")
     for key in ("config", "model"):

@@ -1,4 +1,4 @@
-"""Command line: `python -m hrm_agent <command>`.
+"""Command line: `hrm-agent <command>` (or `python -m hrm_agent <command>`).
 
 All arguments are declared here, in one place; each command imports its module lazily so
 `--help` stays fast and a command never pays for another's imports.
@@ -7,13 +7,26 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
+from pathlib import Path
 from typing import Any, Sequence
+
+
+def _json_safe(value: Any) -> Any:
+    """NaN and infinities as null: JSON has no such numbers (`json.dumps` writes a bare NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
 
 
 def _print_result(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        print(json.dumps(result))
+        print(json.dumps(_json_safe(result), allow_nan=False))
     else:
         for key, value in result.items():
             print(f"{key:>28}: {value}")
@@ -89,17 +102,64 @@ def _render(args: argparse.Namespace) -> None:
         print(path)
 
 
+# Argument types: argparse turns their ArgumentTypeError into a one-line usage error (exit 2).
+def _int_at_least(minimum: int, maximum: int = 2**63 - 1):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        if value > maximum:
+            raise argparse.ArgumentTypeError(f"must be <= {maximum}, got {value}")
+        return value
+    return parse
+
+
+positive_int = _int_at_least(1)
+seed_int = _int_at_least(0)  # below 2**63: torch takes 64-bit seeds, and runs derive seed + k
+
+
+def device(text: str) -> str:
+    """A torch device that exists here (torch's own errors are tracebacks, late)."""
+    import torch
+
+    try:
+        parsed = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (cpu, cuda, cuda:1, ...)"
+                                         ) from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}, but no CUDA device is available")
+    return text
+
+
+def out_dir(text: str) -> str:
+    """An output directory: it may exist, but not as a file."""
+    if Path(text).exists() and not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is an existing file, not a directory")
+    return text
+
+
+def out_file(text: str) -> str:
+    """An output file: anything but an existing directory."""
+    if Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a directory; give a file name")
+    return text
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m hrm_agent", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="hrm-agent", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("envstats", help="episode statistics of a policy in an environment")
     p.add_argument("--env", choices=["fourrooms", "maze"], required=True)
     p.add_argument("--policy", choices=["random", "oracle"], default="random")
-    p.add_argument("--episodes", type=int, default=1000)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--num-envs", type=int, default=256, help="envs stepped in parallel")
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--episodes", type=positive_int, default=1000)
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--num-envs", type=positive_int, default=256, help="envs stepped in parallel")
+    p.add_argument("--device", type=device, default="cpu")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_envstats)
 
@@ -113,17 +173,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("train", help="train HRM-Agent with DQN")
-    p.add_argument("--profile", default="cpu-fourrooms",
-                   help="profile name in hrm_agent/profiles (or a .toml path)")
+    p.add_argument("--profile", help="profile name in hrm_agent/profiles (or a .toml path); "
+                   "default cpu-fourrooms; with --resume, the checkpoint's config is used")
     carry = p.add_mutually_exclusive_group()
     carry.add_argument("--carry-z", dest="carry_z", action="store_true", default=None,
                        help="carry z through env time (paper: Carry Z)")
     carry.add_argument("--reset-z", dest="carry_z", action="store_false",
                        help="start every env step from H_init/L_init (paper: Reset Z)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a profile field, e.g. --set train.lr=3e-4 (repeatable)")
-    p.add_argument("--out", required=True, help="run directory (checkpoint, metrics.jsonl)")
-    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+                   help="override a profile field, e.g. --set train.lr=3e-4 (repeatable); with "
+                   "--resume only train.total_steps, train.max_minutes, train.num_threads, "
+                   "model.compile, model.attn_backend")
+    p.add_argument("--out", type=out_dir, required=True,
+                   help="run directory (checkpoint, metrics.jsonl)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue from OUT/checkpoint.pt, with the config stored there")
     p.add_argument("--overwrite", action="store_true", help="start afresh in a used OUT")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the final validation as JSON")
@@ -131,9 +195,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("evaluate", help="greedy evaluation of a checkpoint")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--episodes", type=int, default=1024)
-    p.add_argument("--seed", type=int, default=12345)
-    p.add_argument("--device", default="cpu")
+    p.add_argument("--episodes", type=positive_int, default=1024)
+    p.add_argument("--seed", type=seed_int, default=12345)
+    p.add_argument("--device", type=device, default="cpu")
     carry = p.add_mutually_exclusive_group()
     carry.add_argument("--carry-z", dest="carry_z", action="store_true", default=None,
                        help="evaluate with Carry Z (default: as trained)")
@@ -144,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="strip a checkpoint to the online net + config (for sharing)")
     p.add_argument("--checkpoint", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", type=out_file, required=True)
     p.set_defaults(func=_export)
 
     p = sub.add_parser("gpu-job", help="one GPU window: report, smoke test, then train the paper "
@@ -172,8 +236,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_gpu_import)
 
     p = sub.add_parser("render", help="write PNG renderings of both environments")
-    p.add_argument("--out", default="figures")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=out_dir, default="figures")
+    p.add_argument("--seed", type=seed_int, default=0)
     p.set_defaults(func=_render)
     return parser
 

@@ -53,7 +53,8 @@ class EnvConfig:
         if self.name == "maze":
             kwargs["door_redraw"] = self.door_redraw
         kwargs.update(overrides)
-        return make_env(self.name, num_envs or self.num_envs, device=device, seed=seed, **kwargs)
+        num_envs = self.num_envs if num_envs is None else num_envs  # 0 is an error, not "default"
+        return make_env(self.name, num_envs, device=device, seed=seed, **kwargs)
 
 
 @dataclass(frozen=True)

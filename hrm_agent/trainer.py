@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import threading
 import time
@@ -25,8 +26,9 @@ from typing import Any
 import torch
 
 from hrm_agent.agent import Agent
-from hrm_agent.checkpoint import (CheckpointError, config_diff, load_checkpoint,
+from hrm_agent.checkpoint import (CHECKPOINT, CheckpointError, config_diff, load_checkpoint,
                                   load_module_state, save_checkpoint)
+from hrm_agent.config import ConfigError, apply_overrides, parse_override
 from hrm_agent.dqn import polyak_update, q_loss, td_target
 from hrm_agent.evaluate import evaluate
 from hrm_agent.experiment import ExperimentConfig, experiment_from_dict, load_profile
@@ -35,11 +37,13 @@ from hrm_agent.optim import make_optimizers, set_lr
 from hrm_agent.replay import ReplayBuffer
 from hrm_agent.schedules import linear_schedule, warmup_constant
 
-CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 BEST = "best.pt"  # the exported agent of the best validation so far
-# What a resumed run may change: how long it goes on, and the CPU threads it uses.
-EXTENDABLE = ("train.total_steps", "train.max_minutes", "train.num_threads")
+DEFAULT_PROFILE = "cpu-fourrooms"
+# What a resumed run may change: how long it goes on, and how it executes (CPU threads,
+# torch.compile, attention kernel), none of which is in the checkpoint's tensors.
+EXTENDABLE = ("train.total_steps", "train.max_minutes", "train.num_threads", "model.compile",
+              "model.attn_backend")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -297,11 +301,12 @@ class Trainer:
         return now, self.global_step, self.env_steps
 
     def _append_metrics(self, record: dict[str, Any]) -> None:
+        """One unbuffered write per record, so a kill leaves at most a torn last line."""
         if self.out_dir is None:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
-        with (self.out_dir / METRICS).open("a") as f:
-            f.write(json.dumps(record) + "\n")
+        with (self.out_dir / METRICS).open("ab", buffering=0) as f:
+            f.write((json.dumps(record) + "\n").encode())
 
     def _write_config(self) -> None:
         if self.out_dir is not None:
@@ -326,6 +331,7 @@ class Trainer:
                          "train_seconds": self.train_seconds},
             "last_val": self.last_val,
             "best_val": self.best_val,
+            "window": self._window,  # the metrics since the last train log
         }
 
     def save(self) -> Path | None:
@@ -334,32 +340,47 @@ class Trainer:
         return save_checkpoint(self.state_dict(), self.out_dir / CHECKPOINT)
 
     def _resume(self) -> None:
+        """Continue from OUT/checkpoint.pt and record in metrics.jsonl what was restored."""
         if self.out_dir is None:
             raise ValueError("resume needs an output directory")
         path = self.out_dir / CHECKPOINT
-        state = load_checkpoint(path, map_location=self.device)
+        state = load_checkpoint(path)  # on the CPU; each piece is moved to self.device below
         if "optimizer" not in state:
             raise CheckpointError(f"{path} is an exported agent without optimizer state; "
                                   "only a run's own checkpoint can be resumed")
         diff = config_diff(state["config"], self.config.to_dict(), ignore=EXTENDABLE)
         if diff:
             raise CheckpointError(f"{path} was trained with a different config: " + "; ".join(diff))
+        device = self.device
         load_module_state(self.model, state["model"], "checkpoint model")
         load_module_state(self.target, state["target"], "checkpoint target")
+        # Moves the moments to the parameters' device and leaves the step counters on the CPU.
         self.optimizer.load_state_dict(state["optimizer"])
         self.task_optimizer.load_state_dict(state["task_optimizer"])
         self.replay.load_state_dict(state["replay"])
         self.env.load_state_dict(state["env"])
-        self.obs, self.episode_start = state["obs"], state["episode_start"]
-        self.agent.seed = Seed(*state["agent_seed"])
+        self.obs, self.episode_start = state["obs"].to(device), state["episode_start"].to(device)
+        self.agent.seed = Seed(*(z.to(device) for z in state["agent_seed"]))
         self.generator.set_state(state["generator"])
+        # (checkpoints written before the window was saved have none: it restarts empty)
+        self._window.update((k, v.to(device) if isinstance(v, torch.Tensor) else v)
+                            for k, v in state.get("window", {}).items())
         counters = state["counters"]
         self.global_step = counters["global_step"]
         self.env_steps = counters["env_steps"]
         self.train_seconds = counters["train_seconds"]
         self.last_val = state["last_val"]
         self.best_val = state.get("best_val", {})
-        self._truncate_metrics()
+        torn = self._truncate_metrics()
+        # Without train.save_replay the buffer starts empty and refills before learning goes on,
+        # so the resumed run collects more env steps than an uninterrupted one would.
+        self._append_metrics({
+            "kind": "resume", "step": self.global_step, "env_steps": self.env_steps,
+            "minutes": self.train_seconds / 60, "replay_restored": "storage" in state["replay"],
+            "replay_size": len(self.replay),
+            "config_changes": config_diff(state["config"], self.config.to_dict()),
+            "torn_metrics_line_dropped": torn,
+        })
 
     def _claim_out_dir(self, overwrite: bool) -> None:
         used = [self.out_dir / name for name in (CHECKPOINT, METRICS, BEST)
@@ -370,32 +391,83 @@ class Trainer:
         for path in used:
             path.unlink()
 
-    def _truncate_metrics(self) -> None:
-        """Drop metric lines written after the checkpoint, so a resumed run has no duplicates."""
+    def _truncate_metrics(self) -> bool:
+        """Drop the metric lines written after the checkpoint, so a resumed run has no
+        duplicates; return whether the last line was torn (a kill mid-write) and dropped."""
         path = self.out_dir / METRICS
-        if path.is_file():
-            lines = [l for l in path.read_text().splitlines()
-                     if l and json.loads(l)["step"] <= self.global_step]
-            path.write_text("".join(l + "\n" for l in lines))
+        if not path.is_file():
+            return False
+        lines = path.read_text().splitlines()
+        kept, torn = [], False
+        for number, line in enumerate(lines, 1):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                if number == len(lines):
+                    torn = True
+                    break
+                raise ValueError(f"{path}, line {number}: not a JSON record ({exc}); "
+                                 "fix or delete that line to resume") from None
+            if record["step"] <= self.global_step:
+                kept.append(line)
+        tmp = path.with_name(path.name + ".tmp")  # a kill now must not lose the history
+        tmp.write_text("".join(line + "\n" for line in kept))
+        os.replace(tmp, path)
+        return torn
 
 
-def run_training(profile: str, out: str | Path, *, carry_z: bool | None = None,
+def run_training(profile: str | None, out: str | Path, *, carry_z: bool | None = None,
                  overrides: list[str] | tuple[str, ...] = (), steps: int = 0, minutes: float = 0.0,
                  resume: bool = False, overwrite: bool = False, progress: bool = True
                  ) -> dict[str, float]:
-    """Train `profile` into `out` (the CLI's `train`); `steps`/`minutes` > 0 override the
-    profile's `total_steps`/`max_minutes`. Returns the last validation."""
+    """Train `profile` (None: DEFAULT_PROFILE) into `out` (the CLI's `train`); `steps`/`minutes`
+    > 0 override `total_steps`/`max_minutes`. Returns the last validation.
+
+    With `resume` the config is the one in `out`'s checkpoint: `overrides` may change only the
+    EXTENDABLE fields, and a `profile` or `carry_z` given must agree with the checkpoint."""
     overrides = list(overrides)
-    if carry_z is not None:
-        overrides.append(f"train.carry_z={'true' if carry_z else 'false'}")
     if steps:
         overrides.append(f"train.total_steps={steps}")
     if minutes:
         overrides.append(f"train.max_minutes={minutes}")
-    config = load_profile(profile, overrides)
+    if resume:
+        if overwrite:
+            raise ValueError("--resume continues the run in --out and --overwrite deletes it; "
+                             "give one of them")
+        config = resumed_config(out, overrides, profile=profile, carry_z=carry_z)
+    else:
+        config = load_profile(profile or DEFAULT_PROFILE, overrides + _carry_override(carry_z))
     trainer = Trainer(config, out, resume=resume, overwrite=overwrite)
     with trainer.stop_on_signals():
         return trainer.train(progress=progress)
+
+
+def _carry_override(carry_z: bool | None) -> list[str]:
+    return [] if carry_z is None else [f"train.carry_z={str(carry_z).lower()}"]
+
+
+def resumed_config(out: str | Path, overrides: list[str], *, profile: str | None = None,
+                   carry_z: bool | None = None) -> ExperimentConfig:
+    """The config stored in `out`'s checkpoint with `overrides` of EXTENDABLE fields applied;
+    a ConfigError names any other override, or what a given `profile`/`carry_z` contradicts."""
+    for text in overrides:
+        key = ".".join(parse_override(text)[0])
+        if key not in EXTENDABLE:
+            raise ConfigError(f"--set {text!r}: a resumed run keeps the config in its checkpoint; "
+                              f"only {', '.join(EXTENDABLE)} may change")
+    stored = load_checkpoint(Path(out) / CHECKPOINT)["config"]
+    config = experiment_from_dict(apply_overrides(stored, overrides))
+    flags = [f"--profile {profile}"] if profile else []
+    flags += [] if carry_z is None else ["--carry-z" if carry_z else "--reset-z"]
+    if flags:
+        given = (load_profile(profile, overrides + _carry_override(carry_z)) if profile else
+                 experiment_from_dict(apply_overrides(config.to_dict(), _carry_override(carry_z))))
+        diff = config_diff(config.to_dict(), given.to_dict(), ignore=EXTENDABLE)
+        if diff:
+            more = f"; {len(diff) - 3} more" if len(diff) > 3 else ""
+            raise ConfigError(f"{' '.join(flags)} contradicts the run in {out} (checkpoint != "
+                              f"given: {'; '.join(diff[:3])}{more}); leave it out to resume")
+    return config
 
 
 def config_of_checkpoint(state: dict[str, Any]) -> ExperimentConfig:
@@ -403,8 +475,8 @@ def config_of_checkpoint(state: dict[str, Any]) -> ExperimentConfig:
 
 
 def load_agent(path: str | Path, device="cpu") -> tuple[QNetwork, ExperimentConfig]:
-    """The online network and config of a checkpoint, ready to act (eval mode)."""
-    state = load_checkpoint(path, map_location=device)
+    """The online network and config of a checkpoint, ready to act (eval mode) on `device`."""
+    state = load_checkpoint(path)  # on the CPU; load_state_dict copies into the device's model
     config = config_of_checkpoint(state)
     model = build_model(config.model).to(device)
     load_module_state(model, state["model"], f"model in {path}")

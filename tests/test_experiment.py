@@ -18,6 +18,12 @@ def test_profiles_ship_and_the_paper_profiles_are_the_paper():
         assert (t.beta1, t.beta2, t.task_lr, t.task_weight_decay) == (0.9, 0.999, 1e-2, 0.1)
         assert t.target_init == "independent" and t.carry_z
         assert cfg.env.p_change == 0.05 and cfg.env.max_steps == 80
+        assert not t.save_replay  # 2^20 transitions: GPU checkpoints stay small
+
+
+def test_cpu_profiles_checkpoint_the_replay_buffer_so_a_resume_is_exact():
+    for name in ("cpu-fourrooms", "cpu-maze"):
+        assert load_profile(name).train.save_replay
 
 
 def test_overrides_are_typed_and_nested():

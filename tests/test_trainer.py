@@ -1,5 +1,10 @@
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -7,7 +12,9 @@ import torch
 import hrm_agent.trainer as trainer_module
 from hrm_agent.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from hrm_agent.trainer import CHECKPOINT, METRICS, Trainer, load_agent
-from tests.conftest import tiny_config
+from tests.conftest import TINY, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _replay(trainer):
@@ -86,15 +93,100 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run_exactly(tmp_path, 
     assert resumed.global_step == full.global_step == 16
     assert torch.equal(_params(resumed), _params(full))
     assert torch.equal(resumed.obs, full.obs)
+    assert _rows(tmp_path / "part") == _rows(tmp_path / "full")
+    [resume] = _rows(tmp_path / "part", "resume")
+    assert resume == {"kind": "resume", "step": 8, "env_steps": 40, "replay_restored": True,
+                      "replay_size": 40, "config_changes": [], "torn_metrics_line_dropped": False}
 
-    def rows(path):  # everything but wall-clock figures must match line for line
-        out = []
-        for line in (path / METRICS).read_text().splitlines():
-            row = json.loads(line)
+
+def _rows(run_dir, kind=None):
+    """The metrics records of `kind` (default: all but "resume") without wall-clock figures,
+    which are all that may differ between a resumed and an uninterrupted run."""
+    out = []
+    for line in (run_dir / METRICS).read_text().splitlines():
+        row = json.loads(line)
+        if (row["kind"] == kind) if kind else (row["kind"] != "resume"):
             out.append({k: v for k, v in row.items() if "minutes" not in k and "_per_s" not in k})
-        return out
+    return out
 
-    assert rows(tmp_path / "part") == rows(tmp_path / "full")
+
+def _train_command(out, *args):
+    return [sys.executable, "-m", "hrm_agent", "train", "--out", str(out), "--no-progress", *args]
+
+
+@pytest.mark.slow
+def test_a_run_killed_by_sigkill_resumes_to_the_result_of_the_uninterrupted_run(tmp_path):
+    """A real kill (SIGKILL, no cleanup) of a CLI run, then `train --resume` with no other
+    flags: same weights, counters and metrics as the run that was never interrupted."""
+    sets = [arg for field in [*TINY, "train.total_steps=48", "train.save_replay=true",
+                              "train.num_threads=1"] for arg in ("--set", field)]
+    args = ["--profile", "paper-fourrooms", *sets]
+    run = dict(cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    subprocess.run(_train_command(tmp_path / "full", *args), check=True, capture_output=True, **run)
+
+    checkpoint = tmp_path / "part" / CHECKPOINT
+    proc = subprocess.Popen(_train_command(tmp_path / "part", *args), stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, cwd=ROOT, env=run["env"])
+    deadline = time.monotonic() + 60
+    while not checkpoint.exists():  # the first one is at step 8 of 48
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
+    killed_at = load_checkpoint(checkpoint)["counters"]["global_step"]
+    assert 8 <= killed_at < 48
+
+    subprocess.run(_train_command(tmp_path / "part", "--resume"), check=True, capture_output=True,
+                   **run)
+    full, part = load_checkpoint(tmp_path / "full" / CHECKPOINT), load_checkpoint(checkpoint)
+    assert part["counters"]["global_step"] == full["counters"]["global_step"] == 48
+    assert part["counters"]["env_steps"] == full["counters"]["env_steps"]
+    for name in ("model", "target"):
+        for key, value in full[name].items():
+            assert torch.equal(part[name][key], value), f"{name}.{key} differs"
+    assert _rows(tmp_path / "part") == _rows(tmp_path / "full")
+    [resume] = _rows(tmp_path / "part", "resume")
+    assert resume["step"] == killed_at and resume["replay_restored"] is True
+
+
+def test_without_save_replay_the_resume_record_says_the_buffer_was_not_restored(tmp_path):
+    Trainer(tiny_config("train.total_steps=8"), tmp_path).train(progress=False)
+    resumed = Trainer(tiny_config("train.total_steps=12"), tmp_path, resume=True)
+    assert len(resumed.replay) == 0
+    [resume] = _rows(tmp_path, "resume")
+    assert resume["replay_restored"] is False and resume["replay_size"] == 0
+    assert resume["config_changes"] == ["train.total_steps: 8 != 12"]
+
+
+@pytest.mark.parametrize("device", [
+    "cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                         reason="needs a CUDA device"))])
+def test_resume_keeps_optimizer_step_counters_on_the_cpu(tmp_path, device):
+    """AdamATan2 reads `step` with float() every optimizer step: on a GPU that would sync."""
+    cfg = tiny_config("train.total_steps=8", f"train.device='{device}'")
+    Trainer(cfg, tmp_path).train(progress=False)
+    resumed = Trainer(cfg, tmp_path, resume=True)
+    states = list(resumed.optimizer.state.values())
+    assert states and all(s["step"].device.type == "cpu" for s in states)
+    assert all(s["exp_avg"].device.type == device for s in states)
+    assert resumed.obs.device.type == device and resumed.agent.seed.z_H.device.type == device
+
+
+def test_resume_drops_a_torn_last_metrics_line_and_names_a_corrupt_one(tmp_path):
+    cfg = tiny_config("train.total_steps=8")
+    Trainer(cfg, tmp_path).train(progress=False)
+    metrics = tmp_path / METRICS
+    good = metrics.read_text()
+    metrics.write_text(good + '{"kind": "train", "step": 99, "los')  # killed mid-write
+    Trainer(cfg, tmp_path, resume=True)
+    assert metrics.read_text().startswith(good)
+    [resume] = _rows(tmp_path, "resume")
+    assert resume["torn_metrics_line_dropped"] is True
+
+    lines = good.splitlines(keepends=True)
+    metrics.write_text("".join(lines[:1] + ['{"kind": "tr\n'] + lines[1:]))
+    with pytest.raises(ValueError, match=rf"{METRICS}, line 2: not a JSON record"):
+        Trainer(cfg, tmp_path, resume=True)
 
 
 def test_training_updates_the_online_net_and_polyak_moves_the_target(tmp_path):
@@ -127,9 +219,10 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
         Trainer(tiny_config("train.total_steps=2", "train.lr=2e-3"), tmp_path, resume=True)
 
 
-def test_a_resumed_run_may_be_extended(tmp_path):
+def test_a_resumed_run_may_be_extended_and_change_how_it_executes(tmp_path):
     Trainer(tiny_config("train.total_steps=4"), tmp_path).train(progress=False)
-    longer = Trainer(tiny_config("train.total_steps=6", "train.max_minutes=30"), tmp_path, resume=True)
+    longer = Trainer(tiny_config("train.total_steps=6", "train.max_minutes=30",
+                                 "model.attn_backend='math'"), tmp_path, resume=True)
     assert longer.global_step == 4
     longer.train(progress=False)
     assert longer.global_step == 6

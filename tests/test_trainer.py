@@ -274,7 +274,7 @@ def test_validation_time_does_not_count_as_training_time(tmp_path, monkeypatch):
     """max_minutes and the logged minutes measure collect + learn only (the paper's timing)."""
     def slow_evaluate(*args, **kwargs):
         time.sleep(0.5)
-        return {"success_rate": 0.0}
+        return {"success_rate": 0.0, "mean_episode_length": 80.0}
 
     monkeypatch.setattr(trainer_module, "evaluate", slow_evaluate)
     cfg = tiny_config("train.total_steps=16", "train.val_interval=4")
@@ -285,3 +285,32 @@ def test_validation_time_does_not_count_as_training_time(tmp_path, monkeypatch):
     validations = sum(json.loads(l)["kind"] == "val" for l in (tmp_path / METRICS).read_text().splitlines())
     assert validations == 4
     assert trainer.train_seconds < wall - 0.5 * validations
+
+
+def test_best_agent_is_kept_and_sigterm_checkpoints_without_a_final_validation(tmp_path, monkeypatch):
+    """best.pt holds the agent of the best validation (success, then shorter episodes); a stop
+    request (SIGTERM) ends the loop at a cycle boundary and checkpoints at once."""
+    results = iter([(0.2, 70.0), (0.5, 60.0), (0.5, 65.0), (0.1, 80.0)])
+
+    def fake_evaluate(*args, **kwargs):
+        success, length = next(results)
+        return {"success_rate": success, "mean_episode_length": length}
+
+    monkeypatch.setattr(trainer_module, "evaluate", fake_evaluate)
+    trainer = Trainer(tiny_config("train.total_steps=64", "train.val_interval=4"), tmp_path)
+    steps = []
+
+    def stop_after_four_validations(*args, **kwargs):
+        steps.append(trainer.global_step)
+        if len(steps) == 4:
+            os.kill(os.getpid(), signal.SIGTERM)  # as the GPU job's deadline does
+        return fake_evaluate()
+
+    monkeypatch.setattr(trainer_module, "evaluate", stop_after_four_validations)
+    with trainer.stop_on_signals():
+        trainer.train(progress=False)
+    assert trainer.stop_requested and trainer.global_step == steps[-1] < 64  # no extra validation
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert best["last_val"]["step"] == steps[1] and best["last_val"]["success_rate"] == 0.5
+    assert load_checkpoint(tmp_path / CHECKPOINT)["counters"]["global_step"] == trainer.global_step
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again

@@ -114,32 +114,36 @@ def _train_command(out, *args):
     return [sys.executable, "-m", "hrm_agent", "train", "--out", str(out), "--no-progress", *args]
 
 
+def _run(command, env):
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+
+
 @pytest.mark.slow
 def test_a_run_killed_by_sigkill_resumes_to_the_result_of_the_uninterrupted_run(tmp_path):
     """A real kill (SIGKILL, no cleanup) of a CLI run, then `train --resume` with no other
     flags: same weights, counters and metrics as the run that was never interrupted."""
-    sets = [arg for field in [*TINY, "train.total_steps=48", "train.save_replay=true",
+    sets = [arg for field in [*TINY, "train.total_steps=32", "train.save_replay=true",
                               "train.num_threads=1"] for arg in ("--set", field)]
     args = ["--profile", "paper-fourrooms", *sets]
-    run = dict(cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
-    subprocess.run(_train_command(tmp_path / "full", *args), check=True, capture_output=True, **run)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    _run(_train_command(tmp_path / "full", *args), env)
 
     checkpoint = tmp_path / "part" / CHECKPOINT
     proc = subprocess.Popen(_train_command(tmp_path / "part", *args), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, cwd=ROOT, env=run["env"])
+                            stderr=subprocess.DEVNULL, cwd=ROOT, env=env)
     deadline = time.monotonic() + 60
-    while not checkpoint.exists():  # the first one is at step 8 of 48
+    while not checkpoint.exists():  # the first one is at step 8 of 32
         assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
         time.sleep(0.005)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, "the run finished before it could be killed"
     killed_at = load_checkpoint(checkpoint)["counters"]["global_step"]
-    assert 8 <= killed_at < 48
+    assert 8 <= killed_at < 32
 
-    subprocess.run(_train_command(tmp_path / "part", "--resume"), check=True, capture_output=True,
-                   **run)
+    _run(_train_command(tmp_path / "part", "--resume"), env)
     full, part = load_checkpoint(tmp_path / "full" / CHECKPOINT), load_checkpoint(checkpoint)
-    assert part["counters"]["global_step"] == full["counters"]["global_step"] == 48
+    assert part["counters"]["global_step"] == full["counters"]["global_step"] == 32
     assert part["counters"]["env_steps"] == full["counters"]["env_steps"]
     for name in ("model", "target"):
         for key, value in full[name].items():

@@ -6,27 +6,16 @@ All arguments are declared here, in one place; each command imports its module l
 from __future__ import annotations
 
 import argparse
-import json
-import math
 import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-
-def _json_safe(value: Any) -> Any:
-    """NaN and infinities as null: JSON has no such numbers (`json.dumps` writes a bare NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {key: _json_safe(v) for key, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
+from hrm_agent.config import strict_json
 
 
 def _print_result(result: dict[str, Any], as_json: bool) -> None:
     if as_json:
-        print(json.dumps(_json_safe(result), allow_nan=False))
+        print(strict_json(result))
     else:
         for key, value in result.items():
             print(f"{key:>28}: {value}")

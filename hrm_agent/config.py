@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
+import math
 import typing
 from typing import Any, Literal, Mapping, TypeVar, get_args, get_origin
 
@@ -84,6 +86,22 @@ def require(condition: bool, message: str) -> None:
 def to_dict(config: Any) -> dict[str, Any]:
     """A plain, TOML/JSON-friendly dict of a (nested) config dataclass."""
     return dataclasses.asdict(config)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _finite(v) for key, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def strict_json(value: Any) -> str:
+    """JSON text with NaN and infinities as null (`json.dumps` writes a bare NaN, which is not
+    JSON: e.g. the optimality ratio of an agent that never reached the goal)."""
+    return json.dumps(_finite(value), allow_nan=False)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:

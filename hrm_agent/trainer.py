@@ -28,7 +28,7 @@ import torch
 from hrm_agent.agent import Agent
 from hrm_agent.checkpoint import (CHECKPOINT, CheckpointError, config_diff, load_checkpoint,
                                   load_module_state, save_checkpoint)
-from hrm_agent.config import ConfigError, apply_overrides, parse_override
+from hrm_agent.config import ConfigError, apply_overrides, parse_override, strict_json
 from hrm_agent.dqn import polyak_update, q_loss, td_target
 from hrm_agent.evaluate import evaluate
 from hrm_agent.experiment import ExperimentConfig, experiment_from_dict, load_profile
@@ -306,7 +306,7 @@ class Trainer:
             return
         self.out_dir.mkdir(parents=True, exist_ok=True)
         with (self.out_dir / METRICS).open("ab", buffering=0) as f:
-            f.write((json.dumps(record) + "\n").encode())
+            f.write((strict_json(record) + "\n").encode())
 
     def _write_config(self) -> None:
         if self.out_dir is not None:

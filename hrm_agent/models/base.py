@@ -69,7 +69,13 @@ class QNetwork(Protocol):
 
     def forward(self, inputs: Tensor, seed: Seed, *, segments: int | None = None,
                 trace: bool = False) -> QOutput:
-        """Q after `segments` (default: config) segments from `seed`, without gradient use."""
+        """Q after `segments` (default: config) segments from `seed` (acting, under no_grad)."""
+
+
+def check_observations(inputs: Tensor, seq_len: int) -> None:
+    """Observations must be (B, seq_len) token ids: anything else is a caller's mistake."""
+    if inputs.dim() != 2 or inputs.shape[1] != seq_len:
+        raise ValueError(f"expected observations of shape (B, {seq_len}), got {tuple(inputs.shape)}")
 
 
 class Feedforward(nn.Module):
@@ -77,24 +83,20 @@ class Feedforward(nn.Module):
 
     Their state has width 0: seeds (B, 0), carries (B, 1, 0) (one position, as if the last
     token), so Reset Z and Carry Z act alike, a replay buffer storing seeds under Carry Z still
-    works, and code that reads the last token's state (traces, analysis) gets (B, 0). Every segment computes the same Q
-    from the observation alone, so a forward computes it once whatever `segments` says."""
+    works, and code that reads the last token's state (traces, analysis) gets (B, 0). Every
+    segment computes the same Q from the observation alone, so a forward computes it once
+    whatever `segments` says."""
 
     recurrent: ClassVar[bool] = False
 
     def q_values(self, inputs: Tensor) -> Tensor:
         raise NotImplementedError
 
-    def check_inputs(self, inputs: Tensor) -> None:
-        if inputs.dim() != 2 or inputs.shape[1] != self.config.seq_len:
-            raise ValueError(f"expected observations of shape (B, {self.config.seq_len}), "
-                             f"got {tuple(inputs.shape)}")
-
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
 
     def init_seed(self, batch_size: int) -> Seed:
-        empty = torch.zeros(batch_size, 0, device=self._device())
+        empty = torch.zeros(batch_size, 0, device=next(self.parameters()).device)
         return Seed(empty, empty)
 
     def reset_seed(self, seed: Seed, episode_start: Tensor) -> Seed:
@@ -120,6 +122,3 @@ class Feedforward(nn.Module):
             empty = torch.zeros(n + 1, inputs.shape[0], 0, device=q.device)
             traced = (empty, empty)
         return QOutput(q, seed, traced)
-
-    def _device(self) -> torch.device:
-        return next(self.parameters()).device

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from hrm_agent.config import require
-from hrm_agent.models.base import Feedforward
+from hrm_agent.models.base import Feedforward, check_observations
 from hrm_agent.models.hrm import VOCAB_SIZE
 
 
@@ -59,7 +59,7 @@ class CNNQNetwork(Feedforward):
                                   nn.ReLU(), nn.Linear(c.mlp_hidden, c.num_actions))
 
     def q_values(self, inputs: Tensor) -> Tensor:
-        self.check_inputs(inputs)
+        check_observations(inputs, self.config.seq_len)
         x = self.embed_tokens(inputs.long())  # (B, S, E)
         x = x.transpose(1, 2).reshape(inputs.shape[0], -1, *self.config.grid_shape)
         return self.head(self.convs(x))

@@ -28,7 +28,7 @@ import torch
 from torch import Tensor, nn
 
 from hrm_agent.config import require
-from hrm_agent.models.base import Carry, QOutput, Seed
+from hrm_agent.models.base import Carry, QOutput, Seed, check_observations
 from hrm_agent.models.layers import (BACKENDS, ReasoningModule, RotaryEmbedding, grid_angles,
                                      lecun_linear, select_backend, sequence_angles, trunc_normal_)
 
@@ -139,9 +139,7 @@ class TokenInput:
 
     def embed(self, inputs: Tensor) -> Tensor:
         """Token embeddings (task token first), scaled by sqrt(hidden)."""
-        if inputs.dim() != 2 or inputs.shape[1] != self.config.seq_len:
-            raise ValueError(f"expected observations of shape (B, {self.config.seq_len}), "
-                             f"got {tuple(inputs.shape)}")
+        check_observations(inputs, self.config.seq_len)
         x = self.embed_tokens(inputs.long())
         if self.task_embedding is not None:
             task = self.task_embedding.to(x.dtype).expand(x.shape[0], 1, -1)

@@ -7,7 +7,7 @@ from typing import Literal
 from torch import Tensor, nn
 
 from hrm_agent.config import require
-from hrm_agent.models.base import Feedforward
+from hrm_agent.models.base import Feedforward, check_observations
 from hrm_agent.models.hrm import VOCAB_SIZE
 
 
@@ -43,5 +43,5 @@ class MLPQNetwork(Feedforward):
         self.mlp = nn.Sequential(*layers, nn.Linear(width, c.num_actions))
 
     def q_values(self, inputs: Tensor) -> Tensor:
-        self.check_inputs(inputs)
+        check_observations(inputs, self.config.seq_len)
         return self.mlp(self.embed_tokens(inputs.long()))

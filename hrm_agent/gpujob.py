@@ -225,7 +225,7 @@ class Job:
                  f"({eager['wall_s']} s)")
         if self.compile_mode == "off":
             return False
-        compiled = self.smoke(True, timeout_s=150)
+        compiled = self.smoke(True, timeout_s=180)
         self.info["smoke"]["compiled"] = compiled
         if not compiled["ok"]:
             self.log(f"compiled path unavailable, training eager: {compiled['reason']}")

@@ -7,6 +7,7 @@ and on a GPU in training: flash-attn for CUDA fp16/bf16 tensors when installed, 
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 import math
 
@@ -40,7 +41,9 @@ def rms_norm(x: Tensor, eps: float = 1e-5) -> Tensor:
     return (x32 * torch.rsqrt(x32.square().mean(-1, keepdim=True) + eps)).to(x.dtype)
 
 
+@functools.cache
 def flash_attn_available() -> bool:
+    """Looked up once: attention asks on every call, and a lookup walks sys.path."""
     return importlib.util.find_spec("flash_attn") is not None
 
 

@@ -56,13 +56,18 @@ notebooks: setup
 	  $(PAPERMILL) $$nb $$nb $$( [ -f $$params ] && echo -f $$params ) || exit 1; \
 	done
 
-# Retrain the committed agents (pretrained/): both envs x Carry Z / Reset Z, CPU profiles.
+# Retrain the committed CPU agents (pretrained/<name>/): the CNN baselines, and the HRM at the
+# CPU profiles (the paper-profile HRM agents come from a GPU: README, "Training on a GPU").
+PRETRAINED := fourrooms-cnn:--profile=cpu-cnn-fourrooms maze-cnn:--profile=cpu-cnn-maze \
+  fourrooms-carry-z:--profile=cpu-fourrooms:--carry-z fourrooms-reset-z:--profile=cpu-fourrooms:--reset-z \
+  maze-carry-z:--profile=cpu-maze:--carry-z maze-reset-z:--profile=cpu-maze:--reset-z
 pretrained: setup
-	for env in fourrooms maze; do for cond in carry-z reset-z; do \
-	  $(BIN)/python -m hrm_agent train --profile cpu-$$env --$$cond --out runs/pretrained/$$env-$$cond --overwrite --no-progress && \
-	  $(BIN)/python -m hrm_agent export --checkpoint runs/pretrained/$$env-$$cond/checkpoint.pt --out pretrained/$$env-$$cond/agent.pt && \
-	  cp runs/pretrained/$$env-$$cond/metrics.jsonl runs/pretrained/$$env-$$cond/config.json pretrained/$$env-$$cond/ || exit 1; \
-	done; done
+	for spec in $(PRETRAINED); do \
+	  name=$${spec%%:*}; args=$$(echo $${spec#*:} | tr ':' ' '); run=runs/pretrained/$$name; \
+	  $(BIN)/python -m hrm_agent train $$args --out $$run --overwrite --no-progress && \
+	  $(BIN)/python -m hrm_agent export --checkpoint $$run/checkpoint.pt --out pretrained/$$name/agent.pt && \
+	  cp $$run/metrics.jsonl $$run/config.json pretrained/$$name/ || exit 1; \
+	done
 
 bench: setup
 	$(BIN)/python -m hrm_agent bench env --json

@@ -69,21 +69,22 @@ class HRMConfig:
             require(value >= 1, f"model.{name} must be >= 1, got {value}")
         require(self.num_actions <= self.vocab_size,
                 f"model.num_actions={self.num_actions} exceeds the output width {self.vocab_size}")
-        require(self.hidden_size % self.num_heads == 0,
-                f"model.hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
-        require((self.hidden_size // self.num_heads) % 2 == 0,
-                "model.hidden_size / num_heads must be even for RoPE")
-        require(self.expansion > 0, f"model.expansion must be > 0, got {self.expansion}")
-        require(self.attn_backend in BACKENDS, f"model.attn_backend={self.attn_backend!r} unknown")
-        check_grid(self)
+        check_blocks(self)
 
     @property
     def positions(self) -> int:
         return self.seq_len + int(self.task_token)
 
 
-def check_grid(config) -> None:
-    """rope2d needs the grid's shape and a head size it can split between rows and columns."""
+def check_blocks(config) -> None:
+    """What the blocks and their RoPE need of a config (the HRM's and the flat transformer's);
+    rope2d also needs the grid's shape and a head size it can split between rows and columns."""
+    require(config.hidden_size % config.num_heads == 0,
+            f"model.hidden_size={config.hidden_size} is not divisible by num_heads={config.num_heads}")
+    require((config.hidden_size // config.num_heads) % 2 == 0,
+            "model.hidden_size / num_heads must be even for RoPE")
+    require(config.expansion > 0, f"model.expansion must be > 0, got {config.expansion}")
+    require(config.attn_backend in BACKENDS, f"model.attn_backend={config.attn_backend!r} unknown")
     require(config.grid_width >= 0, f"model.grid_width must be >= 0, got {config.grid_width}")
     if config.pos_encoding == "rope2d":
         require(config.grid_width >= 1 and config.seq_len % config.grid_width == 0,

@@ -401,12 +401,16 @@ def analyse(checkpoints: Mapping[str, str | Path], env_name: str, num_envs: int 
     """Record every checkpoint in both eval modes and pool the samples by eval mode, as the paper
     (one checkpoint trained with Carry Z and one with Reset Z per environment). Both modes of a
     checkpoint see the same episodes (seed + its index), different checkpoints different ones.
-    `kwargs` go to `record_rollouts` (p_change, max_steps, paper_trace0)."""
+    Networks without recurrence (the baselines) have no latent state to analyse and are left
+    out. `kwargs` go to `record_rollouts` (p_change, max_steps, paper_trace0)."""
     from hrm_agent.trainer import load_agent
 
+    agents = [(path, *load_agent(path, device)) for path in checkpoints.values()]
+    agents = [(path, model, config) for path, model, config in agents if model.recurrent]
+    if not agents:
+        raise ValueError(f"none of {list(checkpoints)} is a recurrent network; nothing to analyse")
     by_mode: dict[str, list[Rollouts]] = {mode: [] for mode in MODES.values()}
-    for i, path in enumerate(checkpoints.values()):
-        model, config = load_agent(path, device)
+    for i, (path, model, config) in enumerate(agents):
         if config.env.name != env_name:
             raise ValueError(f"checkpoint {path} was trained on {config.env.name!r}, not {env_name!r}")
         for carry_z, mode in MODES.items():

@@ -6,15 +6,17 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from hrm_agent.agent import Agent
+from hrm_agent.checkpoint import save_checkpoint
 from hrm_agent.config import ConfigError
 from hrm_agent.experiment import experiment_from_dict, load_profile
 from hrm_agent.models import MODELS, CNNQNetwork, HRMQNetwork, build_model
 from hrm_agent.trainer import Trainer, load_agent
-from tests.conftest import TINY
+from tests.conftest import TINY, tiny_config
 
 PRETRAINED = Path(__file__).parent.parent / "pretrained"
 SMALL_RUN = ["env.num_envs=8", "train.batch_size=16", "train.buffer_capacity=4096",
@@ -159,3 +161,21 @@ def test_analysis_records_a_baseline_with_an_empty_state():
         r = analysis.record_rollouts(model, "fourrooms", carry_z=carry_z, num_envs=4, seed=0,
                                      max_steps=5, paper_trace0=True)
         assert r.valid[0].all() and r.z_H.shape[2:] == r.z_L.shape[2:] == (2, 0)  # K = 1 + 1
+
+
+def test_the_latent_state_analysis_leaves_the_baselines_out(tmp_path):
+    """Mixing a CNN among the HRM agents (as pretrained/ does) changes nothing in `analyse`."""
+    from hrm_agent import analysis
+
+    hrm_config, cnn_config = tiny_config(), load_profile("cpu-cnn-fourrooms")
+    agents = {"a-hrm": hrm_config, "b-cnn": cnn_config, "c-hrm": hrm_config}
+    paths = {name: save_checkpoint({"config": c.to_dict(), "model": build_model(c.model).state_dict()},
+                                   tmp_path / f"{name}.pt") for name, c in agents.items()}
+    kwargs = dict(num_envs=3, seed=0, max_steps=4, n_boot=50)
+    mixed = analysis.analyse(paths, "fourrooms", **kwargs)
+    alone = analysis.analyse({k: v for k, v in paths.items() if k != "b-cnn"}, "fourrooms", **kwargs)
+    assert mixed.solved == alone.solved
+    for a, b in zip(mixed.convergence, alone.convergence, strict=True):
+        np.testing.assert_array_equal(a.median, b.median)
+    with pytest.raises(ValueError, match=r"none of \['b-cnn'\] is a recurrent network"):
+        analysis.analyse({"b-cnn": paths["b-cnn"]}, "fourrooms", **kwargs)

@@ -8,7 +8,16 @@ validation episodes: a yardstick for what a DQN run of as many optimizer steps c
 
 `--variants lr=0.001,rope2d,mean,rope2d+mean` compares the paper's input/output choices with
 the ablation options at the profile's lr 1e-3: 2-D RoPE (`model.pos_encoding`) and the mean
-readout (`model.readout`).
+readout (`model.readout`). Measured (one seed, 1 thread, 3,000 steps; MSE / share of states
+whose greedy action is optimal / greedy success on the 128 validation episodes):
+
+    paper (1-D RoPE, last token)   0.0067 / 0.65 / 0.08
+    rope2d                         0.0134 / 0.49 / 0.08   (0.0097 / 0.69 at step 2,500)
+    mean                           0.0109 / 0.71 / 0.20
+    rope2d + mean                  0.0021 / 0.75 / 0.22
+
+The curves are noisy from one evaluation to the next (see `curve`); only the two together
+clearly beat the paper's choice.
 """
 from __future__ import annotations
 

@@ -9,8 +9,9 @@ after every L_cycles of them; only the last L and the last H update carry gradie
 
 Two input/output options beyond the paper, off by default: `pos_encoding="rope2d"` (RoPE by
 the cell's row and column instead of its index in the flattened grid) and `readout="mean"` (Q
-from the mean of z_H over the observation tokens instead of the last one). Both make the
-network fit Q* faster (`python -m hrm_agent bench fit`).
+from the mean of z_H over the observation tokens instead of the last one, which must gather
+the whole grid through attention). Together they make the CPU model fit Q* about 3x better
+in 3,000 steps (`python -m hrm_agent bench fit`, numbers in hrm_agent/bench/fit.py).
 
 Between env steps the state is summarised by a `Seed`: under the paper's Carry Z, the last-token
 z_H, z_L of the previous step (broadcast to every position as the next initial state); under
@@ -68,21 +69,22 @@ class HRMConfig:
             require(value >= 1, f"model.{name} must be >= 1, got {value}")
         require(self.num_actions <= self.vocab_size,
                 f"model.num_actions={self.num_actions} exceeds the output width {self.vocab_size}")
-        require(self.hidden_size % self.num_heads == 0,
-                f"model.hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
-        require((self.hidden_size // self.num_heads) % 2 == 0,
-                "model.hidden_size / num_heads must be even for RoPE")
-        require(self.expansion > 0, f"model.expansion must be > 0, got {self.expansion}")
-        require(self.attn_backend in BACKENDS, f"model.attn_backend={self.attn_backend!r} unknown")
-        check_grid(self)
+        check_blocks(self)
 
     @property
     def positions(self) -> int:
         return self.seq_len + int(self.task_token)
 
 
-def check_grid(config) -> None:
-    """rope2d needs the grid's shape and a head size it can split between rows and columns."""
+def check_blocks(config) -> None:
+    """What the blocks and their RoPE need of a config (the HRM's and the flat transformer's);
+    rope2d also needs the grid's shape and a head size it can split between rows and columns."""
+    require(config.hidden_size % config.num_heads == 0,
+            f"model.hidden_size={config.hidden_size} is not divisible by num_heads={config.num_heads}")
+    require((config.hidden_size // config.num_heads) % 2 == 0,
+            "model.hidden_size / num_heads must be even for RoPE")
+    require(config.expansion > 0, f"model.expansion must be > 0, got {config.expansion}")
+    require(config.attn_backend in BACKENDS, f"model.attn_backend={config.attn_backend!r} unknown")
     require(config.grid_width >= 0, f"model.grid_width must be >= 0, got {config.grid_width}")
     if config.pos_encoding == "rope2d":
         require(config.grid_width >= 1 and config.seq_len % config.grid_width == 0,

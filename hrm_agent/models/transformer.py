@@ -13,8 +13,8 @@ from torch import Tensor, nn
 
 from hrm_agent.config import require
 from hrm_agent.models.base import Feedforward
-from hrm_agent.models.hrm import VOCAB_SIZE, TokenInput, check_grid
-from hrm_agent.models.layers import BACKENDS, Block, lecun_linear
+from hrm_agent.models.hrm import VOCAB_SIZE, TokenInput, check_blocks
+from hrm_agent.models.layers import Block, lecun_linear
 
 
 @dataclass(frozen=True)
@@ -43,13 +43,7 @@ class TransformerConfig:
             value = getattr(self, name)
             require(value >= 1, f"model.{name} must be >= 1, got {value}")
         require(self.segments == 1, f"model.segments must be 1 without recurrence, got {self.segments}")
-        require(self.hidden_size % self.num_heads == 0,
-                f"model.hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}")
-        require((self.hidden_size // self.num_heads) % 2 == 0,
-                "model.hidden_size / num_heads must be even for RoPE")
-        require(self.expansion > 0, f"model.expansion must be > 0, got {self.expansion}")
-        require(self.attn_backend in BACKENDS, f"model.attn_backend={self.attn_backend!r} unknown")
-        check_grid(self)
+        check_blocks(self)
 
     @property
     def positions(self) -> int:

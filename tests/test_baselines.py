@@ -42,7 +42,7 @@ def observations(batch: int, seq_len: int) -> torch.Tensor:
     return torch.randint(0, 131, (batch, seq_len), generator=torch.Generator().manual_seed(1))
 
 
-def test_every_registered_kind_has_a_profile_here():
+def test_every_registered_kind_is_tested_here():
     assert set(KINDS) == set(MODELS)
 
 
@@ -54,6 +54,8 @@ def test_every_registered_kind_has_a_profile_here():
 def test_baseline_profiles_build_their_network_on_the_env_grid_with_reset_z(profile, env, kind, grid):
     config = load_profile(profile)
     assert (config.env.name, config.model.kind) == (env, kind)
+    built = config.env.make(1)
+    assert (built.height, built.width) == grid  # experiment.GRID_SHAPE agrees with the maps
     assert (config.model.seq_len, config.model.grid_width) == (grid[0] * grid[1], grid[1])
     assert config.model.segments == 1 and not config.train.carry_z
     assert isinstance(build_model(config.model), MODELS[kind][1])
@@ -85,16 +87,17 @@ def test_every_kind_satisfies_the_interface(kind):
 
 
 def test_cnn_reads_the_grid_as_rows_of_grid_width():
-    """Flattened row-major: moving a token by one column moves it by one in the feature map."""
-    config = load_profile("cpu-cnn-maze").model
-    model = CNNQNetwork(config)
-    x = torch.full((1, config.seq_len), ord("."))
-    x[0, 2 * 13 + 5] = ord("@")  # row 2, column 5 of the 11x13 maze crop
-    features = model.convs[0](model.embed_tokens(x).transpose(1, 2).reshape(1, 8, 11, 13))
-    plain = model.convs[0](model.embed_tokens(torch.full_like(x, ord("."))).transpose(1, 2)
-                           .reshape(1, 8, 11, 13))
-    changed = (features != plain).any(1)[0].nonzero().tolist()
-    assert changed == [[r, c] for r in (1, 2, 3) for c in (4, 5, 6)]  # the 3x3 around (2, 5)
+    """The flattened observation is row-major: one changed cell changes the first convolution's
+    output only in the 3x3 around that cell of the 11x13 grid."""
+    model = CNNQNetwork(load_profile("cpu-cnn-maze").model)
+    features = []
+    model.convs[0].register_forward_hook(lambda module, inputs, out: features.append(out))
+    plain = torch.full((1, 143), ord("."))
+    agent = plain.clone()
+    agent[0, 2 * 13 + 5] = ord("@")  # row 2, column 5
+    model.q_values(plain), model.q_values(agent)
+    changed = (features[0] != features[1]).any(1)[0].nonzero().tolist()
+    assert changed == [[r, c] for r in (1, 2, 3) for c in (4, 5, 6)]
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -120,12 +123,14 @@ def test_transformer_has_h_plus_l_layers_of_hrm_blocks_and_validates_rope2d():
                                                    "model.hidden_size=12", "model.num_heads=2"])
 
 
-def test_configs_without_a_kind_load_as_the_hrm():
+def test_configs_and_agents_from_before_kinds_load_as_the_paper_hrm():
     data = json.loads((PRETRAINED / "fourrooms-carry-z" / "config.json").read_text())
     assert "kind" not in data["model"]
     config = experiment_from_dict(data)
     assert config.model.kind == "hrm" and config.model.grid_width == 11
     assert config.model.pos_encoding == "rope" and config.model.readout == "last"
+    model, _ = load_agent(PRETRAINED / "maze-reset-z" / "agent.pt")  # strict state-dict load
+    assert isinstance(model, HRMQNetwork) and model.config.grid_width == 13
 
 
 def test_a_baseline_trains_and_resumes_through_the_unchanged_trainer_also_under_carry_z(tmp_path):

@@ -1,4 +1,4 @@
-"""An MLP Q-network on the one-hot-embedded grid: the simplest baseline, no spatial prior."""
+"""An MLP Q-network on the flattened token embeddings: the simplest baseline, no spatial prior."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -348,7 +348,9 @@ class Trainer:
         if "optimizer" not in state:
             raise CheckpointError(f"{path} is an exported agent without optimizer state; "
                                   "only a run's own checkpoint can be resumed")
-        diff = config_diff(state["config"], self.config.to_dict(), ignore=EXTENDABLE)
+        # Validated first, so fields added since the checkpoint was written take their defaults.
+        stored = experiment_from_dict(state["config"]).to_dict()
+        diff = config_diff(stored, self.config.to_dict(), ignore=EXTENDABLE)
         if diff:
             raise CheckpointError(f"{path} was trained with a different config: " + "; ".join(diff))
         device = self.device
@@ -378,7 +380,7 @@ class Trainer:
             "kind": "resume", "step": self.global_step, "env_steps": self.env_steps,
             "minutes": self.train_seconds / 60, "replay_restored": "storage" in state["replay"],
             "replay_size": len(self.replay),
-            "config_changes": config_diff(state["config"], self.config.to_dict()),
+            "config_changes": config_diff(stored, self.config.to_dict()),
             "torn_metrics_line_dropped": torn,
         })
 

@@ -318,3 +318,15 @@ def test_best_agent_is_kept_and_sigterm_checkpoints_without_a_final_validation(t
     assert best["last_val"]["step"] == steps[1] and best["last_val"]["success_rate"] == 0.5
     assert load_checkpoint(tmp_path / CHECKPOINT)["counters"]["global_step"] == trainer.global_step
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
+
+
+def test_a_run_from_before_a_config_field_existed_resumes(tmp_path):
+    """Fields added later (model.kind, grid_width, ...) take their defaults on resume."""
+    trainer = Trainer(tiny_config("train.total_steps=8"), tmp_path)
+    trainer.train(progress=False)
+    state = load_checkpoint(tmp_path / CHECKPOINT)
+    for field in ("kind", "grid_width", "pos_encoding", "readout"):
+        del state["config"]["model"][field]
+    save_checkpoint(state, tmp_path / CHECKPOINT)
+    resumed = Trainer(tiny_config("train.total_steps=8"), tmp_path, resume=True)
+    assert resumed.global_step == trainer.global_step

@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ValueError, FileNotFoundError) as exc:  # bad input: one clear line, no traceback
+    except (ValueError, OSError) as exc:  # bad input, a full disk: one clear line, no traceback
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 

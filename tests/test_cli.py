@@ -118,3 +118,19 @@ def test_a_corrupt_metrics_line_is_named_on_resume(capsys, tmp_path):
     metrics.write_text("not json\n" + metrics.read_text())
     assert f"{metrics}, line 1: not a JSON record" in _fails(
         capsys, "train", "--out", str(tmp_path), "--resume")
+
+
+def test_a_full_disk_is_one_line_and_keeps_the_previous_file(capsys, tmp_path, monkeypatch, run_dir):
+    import os
+
+    out = tmp_path / "agent.pt"
+    main(["export", "--checkpoint", str(run_dir / CHECKPOINT), "--out", str(out)])
+    before = out.read_bytes()
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    err = _fails(capsys, "export", "--checkpoint", str(run_dir / CHECKPOINT), "--out", str(out))
+    assert "No space left on device" in err
+    assert out.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["agent.pt"]

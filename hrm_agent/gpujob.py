@@ -290,7 +290,7 @@ class Job:
                 else:
                     records = read_records(path)
                     for r in records[len(run.records):]:
-                        if r.get("kind") in ("val", "resume"):
+                        if r.get("kind") in ("val", "resume", "stop"):
                             self.log(f"{run.name}: {json.dumps(r)}")
                         elif r.get("kind") == "train":
                             self.log(f"{run.name}: step {r['step']} loss {r['loss']:.4g} "

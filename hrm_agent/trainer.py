@@ -234,7 +234,10 @@ class Trainer:
         if bar is not None:
             bar.close()
         # A stop request (SIGTERM from a job's deadline) saves at once: no final validation.
-        if not self.stop_requested and self.last_val.get("step") != self.global_step:
+        if self.stop_requested:
+            self._append_metrics({"kind": "stop", "step": self.global_step,
+                                  "env_steps": self.env_steps, "minutes": self.train_seconds / 60})
+        elif self.last_val.get("step") != self.global_step:
             self.validate()
         self.save()
         return self.last_val

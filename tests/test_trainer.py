@@ -317,6 +317,8 @@ def test_best_agent_is_kept_and_sigterm_checkpoints_without_a_final_validation(t
     best = load_checkpoint(tmp_path / "best.pt")
     assert best["last_val"]["step"] == steps[1] and best["last_val"]["success_rate"] == 0.5
     assert load_checkpoint(tmp_path / CHECKPOINT)["counters"]["global_step"] == trainer.global_step
+    last = json.loads((tmp_path / METRICS).read_text().splitlines()[-1])
+    assert last["kind"] == "stop" and last["step"] == trainer.global_step  # the history says so
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handler is gone again
 
 

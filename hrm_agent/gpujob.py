@@ -34,7 +34,8 @@ import torch
 
 from hrm_agent.checkpoint import CheckpointError, config_diff, load_checkpoint, save_checkpoint
 from hrm_agent.experiment import load_profile
-from hrm_agent.trainer import BEST, CHECKPOINT, EXTENDABLE, METRICS, _better, agent_state
+from hrm_agent.trainer import (BEST, CHECKPOINT, EXTENDABLE, METRICS, _better, agent_state,
+                               read_records)
 
 # run name -> (profile, carry_z), in priority order
 RUNS = {"fourrooms-carry-z": ("paper-fourrooms", True), "fourrooms-reset-z": ("paper-fourrooms", False),
@@ -105,19 +106,6 @@ def atomic_write(path: Path, write) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-def read_records(path: Path) -> list[dict]:
-    """The complete lines of a metrics file; a torn last line (a write in flight) is skipped."""
-    if not path.is_file():
-        return []
-    records = []
-    for line in path.read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return records
 
 
 def train_command(run_dir: Path, name: str, resume: bool, overrides: list[str]) -> list[str]:
@@ -212,7 +200,7 @@ class Job:
         if proc.returncode:
             lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
             return {"ok": False, "reason": lines[-1][:300]}
-        train = [r for r in read_records(run_dir / METRICS) if r["kind"] == "train"]
+        train = [r for r in read_records(run_dir / METRICS)[0] if r["kind"] == "train"]
         return {"ok": True, "wall_s": round(time.monotonic() - start, 1),
                 "optimizer_steps_per_s": train[-1]["optimizer_steps_per_s"]}
 
@@ -274,6 +262,8 @@ class Job:
             self._mirror()
         except OSError as exc:
             self.log(f"could not write to {self.out}: {exc}")
+        except ValueError as exc:  # a corrupt metrics line: the rest still comes back
+            self.log(f"could not read a run's metrics: {exc}")
 
     def _mirror(self) -> None:
         changed_best = False
@@ -288,7 +278,7 @@ class Job:
                 elif name == BEST:
                     changed_best = True
                 else:
-                    records = read_records(path)
+                    records = read_records(path)[0]  # a line in flight is skipped
                     for r in records[len(run.records):]:
                         if r.get("kind") in ("val", "resume", "stop"):
                             self.log(f"{run.name}: {json.dumps(r)}")
@@ -386,7 +376,7 @@ def import_window(src: str | Path, into: str | Path = "pretrained/gpu-runs",
     info = json.loads((src / "job.json").read_text())
     written = []
     by_run: dict[str, list[dict]] = {}
-    for record in read_records(src / METRICS):
+    for record in read_records(src / METRICS)[0]:
         by_run.setdefault(record.pop("run"), []).append(record)
     for name in info["runs"]:
         run_dir = into / name
@@ -438,7 +428,7 @@ def history_markdown(into: str | Path) -> str:
         own = [w for w in windows if name in w["runs"] and w["runs"][name]["step"] > 0]
         if not own:
             continue
-        vals = [r for r in read_records(into / name / METRICS) if r["kind"] == "val"]
+        vals = [r for r in read_records(into / name / METRICS)[0] if r["kind"] == "val"]
         best = max(vals, key=lambda r: (r["success_rate"], -r["mean_episode_length"]), default=None)
         last = own[-1]["runs"][name]
         minutes = sum(w["runs"][name]["wall_s"] for w in own) / 60

@@ -15,6 +15,7 @@ from hrm_agent.envs.grid import ACTION_ARROWS
 from hrm_agent.envs.render import plot_grid
 from hrm_agent.envs.stats import POLICY_LABELS
 from hrm_agent.evaluate import NO_SUCCESS, Episodes, interval_stats
+from hrm_agent.trainer import read_records
 
 # Okabe-Ito, the colour-blind-safe palette (the paper uses seaborn's "colorblind").
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
@@ -30,8 +31,7 @@ def read_metrics(run_dir: str | Path, kind: str = "val") -> list[dict]:
     path = Path(run_dir) / "metrics.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"no metrics.jsonl in {run_dir}: is it a training run directory?")
-    records = [json.loads(line) for line in path.read_text().splitlines() if line]
-    return [r for r in records if r["kind"] == kind]
+    return [r for r in read_records(path)[0] if r["kind"] == kind]
 
 
 def _save(fig: Figure, path: str | Path | None) -> Figure:

@@ -271,7 +271,7 @@ class Trainer:
                               "minutes": self.train_seconds / 60, **self.last_val})
         if self.out_dir is not None and _better(self.last_val, self.best_val):
             self.best_val = self.last_val
-            save_checkpoint(agent_state(self.state_dict()), self.out_dir / BEST)
+            save_checkpoint(self.agent_state(), self.out_dir / BEST)
         return self.last_val
 
     # -- logging ----------------------------------------------------------------------------
@@ -317,11 +317,17 @@ class Trainer:
             (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
 
     # -- checkpoints ------------------------------------------------------------------------
+    def agent_state(self) -> dict[str, Any]:
+        """What acting needs (see `agent_state`), without building the whole checkpoint."""
+        return {"config": self.config.to_dict(), "model": self.model.state_dict(),
+                "counters": {"global_step": self.global_step, "env_steps": self.env_steps,
+                             "train_seconds": self.train_seconds},
+                "last_val": self.last_val}
+
     def state_dict(self) -> dict[str, Any]:
         tc = self.config.train
         return {
-            "config": self.config.to_dict(),
-            "model": self.model.state_dict(),
+            **self.agent_state(),
             "target": self.target.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "task_optimizer": self.task_optimizer.state_dict(),
@@ -330,9 +336,6 @@ class Trainer:
             "obs": self.obs, "episode_start": self.episode_start,
             "agent_seed": tuple(self.agent.seed),
             "generator": self.generator.get_state(),
-            "counters": {"global_step": self.global_step, "env_steps": self.env_steps,
-                         "train_seconds": self.train_seconds},
-            "last_val": self.last_val,
             "best_val": self.best_val,
             "window": self._window,  # the metrics since the last train log
         }
@@ -402,23 +405,30 @@ class Trainer:
         path = self.out_dir / METRICS
         if not path.is_file():
             return False
-        lines = path.read_text().splitlines()
-        kept, torn = [], False
-        for number, line in enumerate(lines, 1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                if number == len(lines):
-                    torn = True
-                    break
-                raise ValueError(f"{path}, line {number}: not a JSON record ({exc}); "
-                                 "fix or delete that line to resume") from None
-            if record["step"] <= self.global_step:
-                kept.append(line)
+        records, torn = read_records(path)
+        kept = [r for r in records if r["step"] <= self.global_step]
         tmp = path.with_name(path.name + ".tmp")  # a kill now must not lose the history
-        tmp.write_text("".join(line + "\n" for line in kept))
+        tmp.write_text("".join(strict_json(r) + "\n" for r in kept))
         os.replace(tmp, path)
         return torn
+
+
+def read_records(path: str | Path) -> tuple[list[dict], bool]:
+    """The records of a metrics.jsonl (none if it is missing) and whether its last line was torn
+    (a kill mid-write, or a write in flight) and dropped; a bad line elsewhere is an error that
+    names the file and the line."""
+    path = Path(path)
+    lines = path.read_text().splitlines() if path.is_file() else []
+    records = []
+    for number, line in enumerate(lines, 1):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            if number == len(lines):
+                return records, True
+            raise ValueError(f"{path}, line {number}: not a JSON record ({exc}); "
+                             "fix or delete that line") from None
+    return records, False
 
 
 def run_training(profile: str | None, out: str | Path, *, carry_z: bool | None = None,

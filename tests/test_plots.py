@@ -53,3 +53,12 @@ def test_training_curves_show_labelled_reference_lines(tmp_path):
     assert labels == ["carry", "random policy: 0.22", "BFS oracle: 1.00"]
     fig = plot_training_curves({"carry": run}, "mean_episode_length", "fourrooms", references=references)
     assert "BFS oracle: 12.00" in [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+
+
+def test_read_metrics_drops_a_torn_last_line(tmp_path):
+    """A run killed mid-write (or one still writing) plots up to its last whole record."""
+    from hrm_agent.plots import read_metrics
+
+    (tmp_path / "metrics.jsonl").write_text('{"kind": "val", "step": 8, "success_rate": 0.5}\n'
+                                            '{"kind": "val", "step": 16, "succ')
+    assert read_metrics(tmp_path) == [{"kind": "val", "step": 8, "success_rate": 0.5}]

@@ -14,10 +14,12 @@ from torch import Tensor
 from hrm_agent.models import QNetwork, Seed
 
 
-def epsilon_greedy(q: Tensor, epsilon: float, generator: torch.Generator | None = None) -> Tensor:
-    """Greedy actions, each replaced by a uniform random one with probability `epsilon` (per env)."""
+def epsilon_greedy(q: Tensor, epsilon: float | Tensor,
+                   generator: torch.Generator | None = None) -> Tensor:
+    """Greedy actions, each replaced by a uniform random one with probability `epsilon` (per env;
+    a 0-d tensor on q's device is never read back to the host)."""
     greedy = q.argmax(dim=-1)
-    if epsilon <= 0.0:
+    if not isinstance(epsilon, Tensor) and epsilon <= 0.0:
         return greedy
     explore = torch.rand(q.shape[0], device=q.device, generator=generator) < epsilon
     random = torch.randint(q.shape[-1], (q.shape[0],), device=q.device, generator=generator)
@@ -32,22 +34,37 @@ class Step(NamedTuple):
     trace: tuple[Tensor, Tensor] | None  # per-segment last-token (z_H, z_L) when asked for
 
 
-class Agent:
-    """Holds the per-env seed between calls; `act` once per env step."""
+def q_and_seed(model: QNetwork, obs: Tensor, z_H: Tensor, z_L: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """The acting forward as a function of tensors only (what a CUDA graph can capture)."""
+    out = model(obs, Seed(z_H, z_L))
+    return out.q, out.seed.z_H, out.seed.z_L
 
-    def __init__(self, model: QNetwork, num_envs: int, carry_z: bool):
+
+class Agent:
+    """Holds the per-env seed between calls; `act` once per env step.
+
+    `forward` replaces `q_and_seed(model, ...)` (the trainer passes a CUDA-graphed one)."""
+
+    def __init__(self, model: QNetwork, num_envs: int, carry_z: bool, forward=None):
         self.model = model
         self.carry_z = carry_z
         self.seed = model.init_seed(num_envs)
+        self.forward = forward or (lambda obs, z_H, z_L: q_and_seed(model, obs, z_H, z_L))
 
     @torch.no_grad()
-    def act(self, obs: Tensor, episode_start: Tensor, epsilon: float = 0.0,
+    def act(self, obs: Tensor, episode_start: Tensor, epsilon: float | Tensor = 0.0,
             generator: torch.Generator | None = None, trace: bool = False) -> Step:
         """Q-values after all segments, and ε-greedy actions, for the observations `obs`."""
         if self.carry_z:
             prev_seed = self.model.reset_seed(self.seed, episode_start)
         else:
             prev_seed = self.model.init_seed(obs.shape[0])
-        out = self.model(obs, prev_seed, trace=trace)
-        self.seed = out.seed
-        return Step(epsilon_greedy(out.q, epsilon, generator), out.q, prev_seed, out.seed, out.trace)
+        traced = None
+        if trace:
+            out = self.model(obs, prev_seed, trace=True)
+            q, seed, traced = out.q, out.seed, out.trace
+        else:
+            q, z_H, z_L = self.forward(obs, *prev_seed)
+            seed = Seed(z_H, z_L)
+        self.seed = seed
+        return Step(epsilon_greedy(q, epsilon, generator), q, prev_seed, seed, traced)

@@ -93,6 +93,9 @@ class TrainConfig:
     log_interval: int = 200
     save_replay: bool = False  # persist the replay buffer in checkpoints (exact resume)
     num_threads: int = 0  # torch CPU threads; 0 = torch's default
+    # Execution (not in the checkpoint's tensors, may change on resume). "auto": on on CUDA.
+    compile: Literal["auto", "on", "off"] = "auto"  # torch.compile the network's segment
+    cuda_graphs: Literal["auto", "on", "off"] = "auto"  # replay acting and learn steps as CUDA graphs
 
     def __post_init__(self):
         positive = ["total_steps", "n_step", "batch_size", "buffer_capacity", "env_steps_per_batch",
@@ -143,9 +146,12 @@ def experiment_from_dict(data: dict[str, Any]) -> ExperimentConfig:
         raise ConfigError(f"unknown profile section(s) {sorted(unknown)}; "
                           "expected [env], [model], [train] and `description`")
     env = build(EnvConfig, data.get("env", {}), prefix="env.")
-    model = model_config({"seq_len": env.seq_len, "grid_width": env.grid_width,
-                          **data.get("model", {})})
-    train = build(TrainConfig, data.get("train", {}), prefix="train.")
+    model_data, train_data = dict(data.get("model", {})), dict(data.get("train", {}))
+    if "compile" in model_data:  # before train.compile, configs held model.compile (a bool)
+        legacy = model_data.pop("compile")
+        train_data.setdefault("compile", "on" if legacy is True else "auto")
+    model = model_config({"seq_len": env.seq_len, "grid_width": env.grid_width, **model_data})
+    train = build(TrainConfig, train_data, prefix="train.")
     return ExperimentConfig(env=env, model=model, train=train,
                             description=data.get("description", ""))
 

@@ -7,6 +7,11 @@
       p <- p (1 - lr wd) - (lr / bc1) atan2(m, sqrt(v) / sqrt(bc2))
 - SignSGD for the task (puzzle) embedding, as HRM's sparse embedding optimizer:
       p <- p (1 - lr wd) - lr sign(g)
+
+Both are *capturable*: the step counts live on the parameters' device (float64, so the bias
+corrections round as Python's floats would) and `lr` may be a 0-d tensor there, so a step reads
+nothing back to the host and can be replayed inside a CUDA graph. The updates run as `foreach`
+ops over all parameters at once, except atan2, which has no foreach form (one kernel each).
 """
 from __future__ import annotations
 
@@ -15,12 +20,18 @@ from torch import Tensor, nn
 
 
 class AdamATan2(torch.optim.Optimizer):
-    def __init__(self, params, lr: float = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
+    def __init__(self, params, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
                  weight_decay: float = 1e-2):
         if lr < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"invalid AdamATan2 settings lr={lr}, betas={betas}, "
                              f"weight_decay={weight_decay}")
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
+
+    def load_state_dict(self, state_dict) -> None:
+        super().load_state_dict(state_dict)  # leaves the step counts where they were saved
+        for p, state in self.state.items():
+            if "step" in state:
+                state["step"] = state["step"].to(device=p.device, dtype=torch.float64)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -37,33 +48,43 @@ class AdamATan2(torch.optim.Optimizer):
             for p in params:
                 state = self.state[p]
                 if not state:
-                    state["step"] = torch.zeros((), dtype=torch.float32)
+                    state["step"] = torch.zeros((), dtype=torch.float64, device=p.device)
                     state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                     state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
             states = [self.state[p] for p in params]
             grads = [p.grad for p in params]
             m = [s["exp_avg"] for s in states]
             v = [s["exp_avg_sq"] for s in states]
-            for s in states:
-                s["step"] += 1
+            # Per parameter: one that got its first gradient later has taken fewer steps than
+            # the others in its group (as in torch.optim.Adam).
+            steps = [s["step"] for s in states]
+            torch._foreach_add_(steps, 1)
             torch._foreach_lerp_(m, grads, 1 - beta1)
             torch._foreach_mul_(v, beta2)
             torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
             if wd:
                 torch._foreach_mul_(params, 1 - lr * wd)
+            step_size = _bias_correction(beta1, steps)  # lr / bc1
+            torch._foreach_reciprocal_(step_size)
+            torch._foreach_mul_(step_size, lr)
             denom = torch._foreach_sqrt(v)
-            # Bias corrections per parameter: one that got its first gradient later has taken
-            # fewer steps than the others in its group (as in torch.optim.Adam).
-            for p, m_i, d_i, s in zip(params, m, denom, states):
-                t = float(s["step"])  # a CPU scalar: no device sync
-                bc1, bc2 = 1 - beta1**t, 1 - beta2**t
-                d_i.div_(bc2**0.5)
-                p.add_(torch.atan2(m_i, d_i), alpha=-lr / bc1)
+            torch._foreach_div_(denom, torch._foreach_sqrt(_bias_correction(beta2, steps)))
+            update = [torch.atan2(m_i, d_i) for m_i, d_i in zip(m, denom)]
+            torch._foreach_mul_(update, step_size)
+            torch._foreach_sub_(params, update)
         return loss
 
 
+def _bias_correction(beta: float, steps: list[Tensor]) -> list[Tensor]:
+    """1 - beta^t for each step count t."""
+    powers = torch._foreach_pow(beta, steps)
+    torch._foreach_neg_(powers)
+    torch._foreach_add_(powers, 1)
+    return powers
+
+
 class SignSGD(torch.optim.Optimizer):
-    def __init__(self, params, lr: float = 1e-2, weight_decay: float = 0.1):
+    def __init__(self, params, lr: float | Tensor = 1e-2, weight_decay: float = 0.1):
         if lr < 0 or weight_decay < 0:
             raise ValueError(f"invalid SignSGD settings lr={lr}, weight_decay={weight_decay}")
         super().__init__(params, dict(lr=lr, weight_decay=weight_decay))
@@ -75,11 +96,14 @@ class SignSGD(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                p.mul_(1 - group["lr"] * group["weight_decay"])
-                p.add_(p.grad.sign(), alpha=-group["lr"])
+            params = [p for p in group["params"] if p.grad is not None]
+            if not params:
+                continue
+            lr = group["lr"]
+            torch._foreach_mul_(params, 1 - lr * group["weight_decay"])
+            signs = torch._foreach_sign([p.grad for p in params])
+            torch._foreach_mul_(signs, lr)
+            torch._foreach_sub_(params, signs)
         return loss
 
 
@@ -95,10 +119,11 @@ def make_optimizers(model: nn.Module, *, lr: float, weight_decay: float,
             SignSGD([{"params": task}], lr=task_lr, weight_decay=task_weight_decay))
 
 
-def set_lr(optimizer: AdamATan2, task_optimizer: SignSGD, lr: float, *, base_lr: float,
+def set_lr(optimizer: AdamATan2, task_optimizer: SignSGD, lr: float | Tensor, *, base_lr: float,
            task_lr: float) -> None:
-    """Apply the scheduled lr; the task token's lr follows the same schedule, as in HRM."""
+    """Apply the scheduled lr (a float, or a 0-d tensor computed on the device); the task
+    token's lr follows the same schedule, as in HRM."""
     for group in optimizer.param_groups:
         group["lr"] = lr
     for group in task_optimizer.param_groups:
-        group["lr"] = task_lr * (lr / base_lr if base_lr > 0 else 1.0)
+        group["lr"] = task_lr * (lr / base_lr) if base_lr > 0 else task_lr

@@ -1,16 +1,28 @@
-"""Schedules as tiny pure functions of the optimizer step (cleanrl style)."""
+"""Schedules as tiny pure functions of the optimizer step (cleanrl style).
+
+`step` is an int, or a 0-d tensor on the training device: the trainer computes lr and epsilon
+there, so a step reads nothing back to the host (and a CUDA graph can replay it); in float64
+both give the same numbers.
+"""
 from __future__ import annotations
 
+import torch
 
-def linear_schedule(start: float, end: float, duration: int, step: int) -> float:
+
+def _fraction(step, duration: int):
+    """min(step / duration, 1) for an int or a tensor step."""
+    frac = step / duration
+    return frac.clamp(max=1.0) if isinstance(frac, torch.Tensor) else min(frac, 1.0)
+
+
+def linear_schedule(start: float, end: float, duration: int, step):
     """Linear from `start` at step 0 to `end` at `duration`, constant afterwards (the ε schedule)."""
     if duration <= 0:
         return end
-    frac = min(step / duration, 1.0)
-    return start + frac * (end - start)
+    return start + _fraction(step, duration) * (end - start)
 
 
-def warmup_constant(base: float, warmup_steps: int, step: int) -> float:
+def warmup_constant(base: float, warmup_steps: int, step):
     """Linear warm-up from 0 to `base` over `warmup_steps`, then constant.
 
     The authors' HRM cosine schedule with `lr_min_ratio: 1.0` reduces to exactly this,
@@ -18,4 +30,4 @@ def warmup_constant(base: float, warmup_steps: int, step: int) -> float:
     """
     if warmup_steps <= 0:
         return base
-    return base * min(step / warmup_steps, 1.0)
+    return base * _fraction(step, warmup_steps)

@@ -10,6 +10,13 @@ One *cycle*:
    SignSGD step, Polyak target update, ε schedule.
 Validation, logging and checkpoints happen between cycles, so a checkpoint never holds a
 half-trained minibatch.
+
+The hot loop never reads a tensor back to the host: lr and ε are computed on the device from
+`step_t`, the env resets without data-dependent shapes, and the logged sums stay on the device
+until a log line. So on CUDA the acting forward and the whole learn step (target, 8 forward +
+backward + optimizer + Polyak steps) can each be replayed as one CUDA graph (`graphs.py`), over
+a torch.compiled segment: `train.compile` and `train.cuda_graphs`, on by default on CUDA. Both
+paths run the same code and compute the same tensors.
 """
 from __future__ import annotations
 
@@ -25,13 +32,14 @@ from typing import Any
 
 import torch
 
-from hrm_agent.agent import Agent
+from hrm_agent.agent import Agent, q_and_seed
 from hrm_agent.checkpoint import (CHECKPOINT, CheckpointError, config_diff, load_checkpoint,
                                   load_module_state, save_checkpoint)
 from hrm_agent.config import ConfigError, apply_overrides, parse_override, strict_json
 from hrm_agent.dqn import polyak_update, q_loss, td_target
 from hrm_agent.evaluate import evaluate
-from hrm_agent.experiment import ExperimentConfig, experiment_from_dict, load_profile
+from hrm_agent.experiment import ExperimentConfig, TrainConfig, experiment_from_dict, load_profile
+from hrm_agent.graphs import CUDAGraphed
 from hrm_agent.models import QNetwork, Seed, build_model
 from hrm_agent.optim import make_optimizers, set_lr
 from hrm_agent.replay import ReplayBuffer
@@ -41,9 +49,9 @@ METRICS = "metrics.jsonl"
 BEST = "best.pt"  # the exported agent of the best validation so far
 DEFAULT_PROFILE = "cpu-fourrooms"
 # What a resumed run may change: how long it goes on, and how it executes (CPU threads,
-# torch.compile, attention kernel), none of which is in the checkpoint's tensors.
-EXTENDABLE = ("train.total_steps", "train.max_minutes", "train.num_threads", "model.compile",
-              "model.attn_backend")
+# torch.compile, CUDA graphs, attention kernel), none of which is in the checkpoint's tensors.
+EXTENDABLE = ("train.total_steps", "train.max_minutes", "train.num_threads", "train.compile",
+              "train.cuda_graphs", "model.attn_backend")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -52,6 +60,14 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("train.device='cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(name)
+
+
+def fast_path(tc: TrainConfig, device: torch.device) -> tuple[bool, bool]:
+    """(torch.compile, CUDA graphs) for this run: "auto" means on on CUDA, off on a CPU."""
+    if tc.cuda_graphs == "on" and device.type != "cuda":
+        raise ValueError(f"train.cuda_graphs='on' needs a CUDA device, the run is on {device.type}")
+    on = lambda mode: mode == "on" or (mode == "auto" and device.type == "cuda")  # noqa: E731
+    return on(tc.compile), on(tc.cuda_graphs)
 
 
 class Stopwatch:
@@ -101,10 +117,20 @@ class Trainer:
         self.replay = ReplayBuffer(tc.buffer_capacity, self.device, seed=tc.seed + 1,
                                    stride=self.env.num_envs)
         self.generator = torch.Generator(self.device).manual_seed(tc.seed + 2)  # exploration
-        self.agent = Agent(self.model, self.env.num_envs, tc.carry_z)
+        self.compiled, self.graphed = fast_path(tc, self.device)
+        if self.compiled:
+            self.model.compile()
+            self.target.compile()
+        self.learn_minibatch = self._learn_minibatch
+        acting = None
+        if self.graphed:
+            self.learn_minibatch = CUDAGraphed(self._learn_minibatch)
+            acting = CUDAGraphed(lambda obs, z_H, z_L: q_and_seed(self.model, obs, z_H, z_L))
+        self.agent = Agent(self.model, self.env.num_envs, tc.carry_z, forward=acting)
         self.obs = self.env.reset(seed=tc.seed)
         self.episode_start = torch.ones(self.env.num_envs, dtype=torch.bool, device=self.device)
         self.global_step = 0  # optimizer steps
+        self.step_t = torch.zeros((), dtype=torch.float64, device=self.device)  # the same, on the device
         self.env_steps = 0  # transitions collected
         self.train_seconds = 0.0
         self.last_val: dict[str, float] = {}
@@ -117,37 +143,42 @@ class Trainer:
         elif self.out_dir is not None:
             self._claim_out_dir(overwrite)
 
-    # -- schedules --------------------------------------------------------------------------
-    def epsilon(self) -> float:
+    # -- schedules: of `global_step` for the logs, of `step_t` (the same) in the hot loop ----
+    def epsilon(self, step: int | torch.Tensor | None = None) -> float | torch.Tensor:
         tc = self.config.train
-        return linear_schedule(tc.eps_start, tc.eps_end, tc.eps_decay_steps, self.global_step)
+        step = self.global_step if step is None else step
+        return linear_schedule(tc.eps_start, tc.eps_end, tc.eps_decay_steps, step)
 
-    def lr(self) -> float:
+    def lr(self, step: int | torch.Tensor | None = None) -> float | torch.Tensor:
         tc = self.config.train
-        return warmup_constant(tc.lr, tc.lr_warmup_steps, self.global_step)
+        return warmup_constant(tc.lr, tc.lr_warmup_steps, self.global_step if step is None else step)
 
     # -- the two halves of a cycle ----------------------------------------------------------
     @torch.no_grad()
     def collect(self) -> None:
         """One step of every training env; the transitions go to the replay buffer."""
         tc = self.config.train
-        eps = self.epsilon()
+        eps = self.epsilon(self.step_t)
         n = self.env.num_envs
         fields: dict[str, torch.Tensor] = {"obs": self.obs}
-        with self.stopwatch("model"):
-            if tc.eps_mode == "batch" and float(torch.rand((), device=self.device,
-                                                           generator=self.generator)) < eps:
-                # the authors' Reset Z exploration: the whole batch acts randomly, model skipped
-                actions = torch.randint(self.config.model.num_actions, (n,), device=self.device, generator=self.generator)
+        with self.stopwatch("act"):
+            if tc.eps_mode == "batch":
+                # the authors' Reset Z exploration: with probability ε the whole batch acts at
+                # random (decided on the device, so the model runs either way)
+                step = self.agent.act(self.obs, self.episode_start)
+                explore = torch.rand((), device=self.device, generator=self.generator) < eps
+                random = torch.randint(self.config.model.num_actions, (n,), device=self.device,
+                                       generator=self.generator)
+                actions = torch.where(explore, random, step.actions)
             else:
-                step = self.agent.act(self.obs, self.episode_start,
-                                      0.0 if tc.eps_mode == "batch" else eps, self.generator)
+                step = self.agent.act(self.obs, self.episode_start, eps, self.generator)
                 actions = step.actions
-                if tc.carry_z:
-                    fields.update(prev_z_H=step.prev_seed.z_H, prev_z_L=step.prev_seed.z_L,
-                                  next_z_H=step.seed.z_H, next_z_L=step.seed.z_L)
+            if tc.carry_z:
+                fields.update(prev_z_H=step.prev_seed.z_H, prev_z_L=step.prev_seed.z_L,
+                              next_z_H=step.seed.z_H, next_z_L=step.seed.z_L)
         with self.stopwatch("env"):
-            obs, reward, terminated, truncated, info = self.env.step(actions)
+            # actions come from argmax / randint: valid by construction, no range check (a sync)
+            obs, reward, terminated, truncated, info = self.env.step(actions, check=False)
         with self.stopwatch("replay"):
             self.replay.add(action=actions.to(torch.uint8), reward=reward, terminated=terminated,
                             truncated=truncated, next_obs=info["final_obs"], **fields)
@@ -162,38 +193,48 @@ class Trainer:
     def learn(self) -> None:
         """Deep supervision on one minibatch: `segments` optimizer steps, one segment each."""
         tc = self.config.train
-        if tc.n_step == 1:  # the paper: TD(0)
-            batch = self.replay.sample(tc.batch_size)
-            batch["discount"] = tc.gamma
-        else:
-            batch = self.replay.sample_n_step(tc.batch_size, tc.n_step, tc.gamma)
+        with self.stopwatch("replay"):
+            if tc.n_step == 1:  # the paper: TD(0), discount gamma
+                batch = self.replay.sample(tc.batch_size)
+            else:
+                batch = self.replay.sample_n_step(tc.batch_size, tc.n_step, tc.gamma)
+        with self.stopwatch("learn"):
+            loss_sum = self.learn_minibatch(batch)
+        self.global_step += self.config.model.segments
+        self._window["loss"] += loss_sum
+        self._window["updates"] += self.config.model.segments
+
+    def _learn_minibatch(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Targets, then `segments` optimizer steps on `batch`; returns the summed loss. Fixed
+        shapes, no host reads: `learn_minibatch` may replay it as one CUDA graph."""
+        tc = self.config.train
         b = tc.batch_size
-        with self.stopwatch("model"), torch.no_grad():
+        with torch.no_grad():
             if tc.carry_z:  # the stored, stale seed of s' (never recomputed), as the authors
                 next_seed = Seed(batch["next_z_H"], batch["next_z_L"])
             else:
                 next_seed = self.target.init_seed(b)
             q_next = self.target(batch["next_obs"], next_seed).q
-            y = td_target(batch["reward"], batch["terminated"], q_next, batch["discount"])
+            y = td_target(batch["reward"], batch["terminated"], q_next,
+                          batch.get("discount", tc.gamma))
         seed = (Seed(batch["prev_z_H"], batch["prev_z_L"]) if tc.carry_z
                 else self.model.init_seed(b))
         carry = self.model.carry_from_seed(seed)
+        loss_sum = torch.zeros((), device=self.device)
         for _ in range(self.config.model.segments):
-            lr = self.lr()
-            with self.stopwatch("model"):
-                carry, q = self.model.segment(carry, batch["obs"])
-                loss = q_loss(q, batch["action"], y)
-                self.optimizer.zero_grad(set_to_none=True)
-                self.task_optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-            with self.stopwatch("optimizer"):
-                set_lr(self.optimizer, self.task_optimizer, lr, base_lr=tc.lr, task_lr=tc.task_lr)
-                self.optimizer.step()
-                self.task_optimizer.step()
-                polyak_update(self.target, self.model, tc.target_decay)
-            self.global_step += 1
-            self._window["loss"] += loss.detach()
-            self._window["updates"] += 1
+            carry, q = self.model.segment(carry, batch["obs"])
+            loss = q_loss(q, batch["action"], y)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.task_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            set_lr(self.optimizer, self.task_optimizer, self.lr(self.step_t), base_lr=tc.lr,
+                   task_lr=tc.task_lr)
+            self.optimizer.step()
+            self.task_optimizer.step()
+            polyak_update(self.target, self.model, tc.target_decay)
+            self.step_t += 1
+            loss_sum += loss.detach()
+        return loss_sum
 
     # -- the loop ---------------------------------------------------------------------------
     def train(self, progress: bool = True) -> dict[str, float]:
@@ -375,6 +416,7 @@ class Trainer:
                             for k, v in state.get("window", {}).items())
         counters = state["counters"]
         self.global_step = counters["global_step"]
+        self.step_t.fill_(self.global_step)
         self.env_steps = counters["env_steps"]
         self.train_seconds = counters["train_seconds"]
         self.last_val = state["last_val"]

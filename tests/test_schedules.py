@@ -23,3 +23,14 @@ def test_lr_warms_up_linearly_from_zero_then_stays_constant():
     assert warmup_constant(1e-4, 10_000, 10_000) == pytest.approx(1e-4)
     assert warmup_constant(1e-4, 10_000, 123_456) == pytest.approx(1e-4)
     assert warmup_constant(1e-3, 0, 0) == 1e-3
+
+
+@pytest.mark.parametrize("step", [0, 1, 137, 4_000, 9_999, 10_000, 250_000])
+def test_a_float64_tensor_step_gives_exactly_the_python_values(step):
+    """The trainer evaluates the schedules on a device tensor (no host sync); a run must not
+    depend on which of the two computed them."""
+    import torch
+
+    t = torch.tensor(float(step), dtype=torch.float64)
+    assert float(warmup_constant(1e-4, 10_000, t)) == warmup_constant(1e-4, 10_000, step)
+    assert float(linear_schedule(1.0, 0.05, 4_000, t)) == linear_schedule(1.0, 0.05, 4_000, step)

@@ -165,13 +165,15 @@ def test_without_save_replay_the_resume_record_says_the_buffer_was_not_restored(
 @pytest.mark.parametrize("device", [
     "cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
                                                          reason="needs a CUDA device"))])
-def test_resume_keeps_optimizer_step_counters_on_the_cpu(tmp_path, device):
-    """AdamATan2 reads `step` with float() every optimizer step: on a GPU that would sync."""
+def test_resume_puts_optimizer_step_counts_beside_their_parameters(tmp_path, device):
+    """AdamATan2's bias corrections are computed from `step` on the device (float64, no host
+    read); a checkpoint loads to the CPU first, so resuming must move the counts back."""
     cfg = tiny_config("train.total_steps=8", f"train.device='{device}'")
     Trainer(cfg, tmp_path).train(progress=False)
     resumed = Trainer(cfg, tmp_path, resume=True)
     states = list(resumed.optimizer.state.values())
-    assert states and all(s["step"].device.type == "cpu" for s in states)
+    assert states and all(s["step"].device.type == device and s["step"].dtype == torch.float64
+                          and float(s["step"]) == 8 for s in states)
     assert all(s["exp_avg"].device.type == device for s in states)
     assert resumed.obs.device.type == device and resumed.agent.seed.z_H.device.type == device
 

@@ -63,6 +63,9 @@ class QNetwork(Protocol):
     def seed_from_carry(self, carry: Carry) -> Seed:
         """What of the last segment's state the next env step starts from (detached)."""
 
+    def compile(self, **kwargs) -> None:
+        """torch.compile the network's hot part in place (what `train.compile` turns on)."""
+
     def segment(self, carry: Carry, inputs: Tensor, x: Tensor | None = None) -> tuple[Carry, Tensor]:
         """One differentiable segment (a training step): the detached new carry and Q (B, A).
         `x` is the embedded input when the caller has it already."""
@@ -94,6 +97,10 @@ class Feedforward(nn.Module):
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
+
+    def compile(self, **kwargs) -> None:
+        """torch.compile `q_values`, what every segment and forward calls."""
+        self.q_values = torch.compile(self.q_values, **kwargs)
 
     def init_seed(self, batch_size: int) -> Seed:
         empty = torch.zeros(batch_size, 0, device=next(self.parameters()).device)

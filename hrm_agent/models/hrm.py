@@ -60,7 +60,6 @@ class HRMConfig:
     carry: Literal["last_token", "full"] = "last_token"  # what a Seed holds (paper: last token)
     attn_backend: Literal["auto", "flash", "sdpa", "math"] = "auto"
     dtype: Literal["auto", "float32", "bfloat16"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
-    compile: bool = False  # torch.compile the segment
 
     def __post_init__(self):
         for name in ["seq_len", "vocab_size", "num_actions", "hidden_size", "num_heads",
@@ -137,7 +136,9 @@ class TokenInput:
         dtype = self.compute_dtype(device)
         if dtype == torch.float32:
             return nullcontext()
-        return torch.autocast(device.type, dtype=dtype)
+        # Autocast's cache of cast weights must be off while a CUDA graph is being captured.
+        capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+        return torch.autocast(device.type, dtype=dtype, cache_enabled=not capturing)
 
     def embed(self, inputs: Tensor) -> Tensor:
         """Token embeddings (task token first), scaled by sqrt(hidden)."""
@@ -176,7 +177,12 @@ class HRMQNetwork(TokenInput, nn.Module):
             self.q_head.bias.fill_(-5.0)
         self.register_buffer("H_init", trunc_normal_(torch.empty(d), 1.0))
         self.register_buffer("L_init", trunc_normal_(torch.empty(d), 1.0))
-        self._segment_fn = torch.compile(self._segment) if c.compile else self._segment
+        self._segment_fn = self._segment
+
+    def compile(self, **kwargs) -> None:
+        """torch.compile one segment (what acting, targets and training all loop over), not
+        `forward`, so the 8-segment loop stays in Python and compiles once, not per length."""
+        self._segment_fn = torch.compile(self._segment, **kwargs)
 
     # -- bookkeeping --------------------------------------------------------------------------
     def num_parameters(self) -> int:

@@ -34,10 +34,11 @@ def _bench(args: argparse.Namespace) -> None:
 
     module = importlib.import_module(f"hrm_agent.bench.{args.what}")
     kwargs = {"quick": args.quick}
-    if args.variants is not None:
-        if args.what != "fit":
-            raise ValueError("--variants is an option of `bench fit` only")
-        kwargs["variants"] = args.variants.split(",")
+    for option, what in (("variants", "fit"), ("profiles", "train"), ("modes", "train")):
+        if getattr(args, option) is not None:
+            if args.what != what:
+                raise ValueError(f"--{option} is an option of `bench {what}` only")
+            kwargs[option] = getattr(args, option).split(",")
     _print_result(module.run(**kwargs), args.json)
 
 
@@ -73,7 +74,7 @@ def _gpu_job(args: argparse.Namespace) -> None:
 
     runs = args.runs.split(",") if args.runs else None
     gpu_job(args.out, minutes=args.minutes, runs=runs, parallel=args.parallel,
-            carried=args.carried, device=args.device, toy=args.toy, compile_mode=args.compile,
+            carried=args.carried, device=args.device, toy=args.toy, fast=args.fast,
             work=args.work)
 
 
@@ -158,6 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--variants", metavar="NAME,...",
                    help="fit only: model/lr variants to compare, e.g. lr=0.001,rope2d,mean,rope2d+mean "
                         "(default: lr=0.0003,lr=0.001,lr=0.003)")
+    p.add_argument("--profiles", metavar="NAME,...",
+                   help="train only: profiles to time (default: the cpu and paper profiles)")
+    p.add_argument("--modes", metavar="MODE,...",
+                   help="train only: eager, fast (torch.compile + CUDA graphs on CUDA); default both")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_bench)
 
@@ -172,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a profile field, e.g. --set train.lr=3e-4 (repeatable); with "
                    "--resume only train.total_steps, train.max_minutes, train.num_threads, "
-                   "model.compile, model.attn_backend")
+                   "train.compile, train.cuda_graphs, model.attn_backend")
     p.add_argument("--out", type=out_dir, required=True,
                    help="run directory (checkpoint, metrics.jsonl)")
     p.add_argument("--resume", action="store_true",
@@ -209,8 +214,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs", help="comma-separated subset, in priority order (default: all four)")
     p.add_argument("--parallel", type=int, default=0,
                    help="runs at once (default: all on CUDA, one on a CPU)")
-    p.add_argument("--compile", choices=["auto", "on", "off"], default="auto",
-                   help="auto: use torch.compile if the smoke test finds it faster")
+    p.add_argument("--fast", choices=["auto", "on", "off"], default="auto",
+                   help="the fast path (torch.compile + CUDA graphs); auto: if `bench train` "
+                        "finds it faster")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                    help="cpu: a dry run (with --toy, seconds)")
     p.add_argument("--toy", action="store_true", help="tiny model and batches (the CPU dry run)")

@@ -3,8 +3,9 @@
 `python3 -m hrm_agent gpu-job --out $OUT --from pretrained/gpu-runs`, run from the repo root
 with the machine's own python3 (torch, numpy and tqdm are all it needs), does in one go:
 1. report: GPU, torch, triton, and whether triton has a C compiler;
-2. smoke: a few optimizer steps of the paper profile in a subprocess, eager then compiled,
-   printing optimizer steps/s; the compiled path is kept only if it runs and is faster;
+2. smoke: a few optimizer steps of the paper profile in a subprocess (eager), then
+   `bench train --quick` on paper-fourrooms and paper-maze, eager and fast (torch.compile +
+   CUDA graphs); the fast path is kept only if it runs and is faster;
 3. the queue, in priority order (`RUNS`): each an ordinary `hrm_agent train` run in a local
    work folder, `--parallel` at a time, resumed from `--from` when that holds its checkpoint,
    and stopped by SIGTERM at its wall-clock deadline (the trainer then checkpoints at once).
@@ -48,6 +49,10 @@ TOY = ["model.hidden_size=32", "model.H_layers=1", "model.L_layers=1", "model.se
        "env.num_envs=8", "env.max_steps=20", "train.batch_size=16", "train.buffer_capacity=4096",
        "train.learning_starts=16", "train.val_episodes=16", "train.val_interval=8",
        "train.checkpoint_interval=8", "train.log_interval=8"]
+# The training path: "on" = torch.compile, plus CUDA graphs on CUDA ("auto"); "off" = eager.
+FAST = {"on": ["train.compile='on'", "train.cuda_graphs='auto'"],
+        "off": ["train.compile='off'", "train.cuda_graphs='off'"]}
+BENCH_TIMEOUT_S = 300
 GRACE_S = 45  # after SIGTERM, how long a run may take to checkpoint before it is killed
 # (at most a tenth of the budget, and 10 s, so a minute's dry run still trains)
 POLL_S = 2.0
@@ -143,12 +148,12 @@ class Run:
 
 class Job:
     def __init__(self, out: Path, work: Path, runs: list[str], *, minutes: float, parallel: int,
-                 carried: Path | None, toy: bool, compile_mode: str, device: str):
+                 carried: Path | None, toy: bool, fast: str, device: str):
         self.out, self.work, self.toy = out, work, toy
         self.started = time.monotonic()
         self.end = self.started + 60 * minutes
         self.grace = min(GRACE_S, max(10.0, 6 * minutes))
-        self.parallel, self.compile_mode, self.device = parallel, compile_mode, device
+        self.parallel, self.fast, self.device = parallel, fast, device
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
         if device == "cpu":
             self.env["CUDA_VISIBLE_DEVICES"] = ""  # a dry run never touches a GPU
@@ -182,17 +187,33 @@ class Job:
             shutil.copy2(source.parent / METRICS, run_dir / METRICS)
         return Run(name, run_dir, resumed=True, start_step=state["counters"]["global_step"])
 
-    # -- smoke ----------------------------------------------------------------------------
-    def smoke(self, compiled: bool, timeout_s: float) -> dict[str, Any]:
-        """A few optimizer steps of paper-fourrooms (Carry Z) in a subprocess: steps/s of the
-        last logged window, i.e. after the first cycle's warm-up (and compilation)."""
-        run_dir = self.work / f"smoke-{'compiled' if compiled else 'eager'}"
+    # -- smoke and benchmark ------------------------------------------------------------
+    def smoke(self) -> dict[str, Any]:
+        """A few eager optimizer steps of paper-fourrooms (Carry Z) through the `train` command,
+        in a subprocess: steps/s of the last logged window, after the first cycle's warm-up."""
+        run_dir = self.work / "smoke"
         steps = 16 if self.toy else 48
         overrides = [*run_overrides("fourrooms-carry-z", self.toy), f"train.total_steps={steps}",
-                     "train.log_interval=8", "train.val_interval=100000",
-                     f"model.compile={str(compiled).lower()}"]
+                     "train.log_interval=8", "train.val_interval=100000", *FAST["off"]]
         cmd = train_command(run_dir, "fourrooms-carry-z", False, overrides)
         start = time.monotonic()
+        outcome = self.subprocess(cmd, timeout_s=120)
+        if outcome["ok"]:
+            train = [r for r in read_records(run_dir / METRICS)[0] if r["kind"] == "train"]
+            outcome.update(wall_s=round(time.monotonic() - start, 1),
+                           optimizer_steps_per_s=train[-1]["optimizer_steps_per_s"])
+        return outcome
+
+    def benchmark(self) -> dict[str, Any]:
+        """`bench train --quick` on the paper profiles, eager and fast, in a subprocess."""
+        cmd = [sys.executable, "-m", "hrm_agent", "bench", "train", "--quick", "--json",
+               "--profiles", "paper-fourrooms,paper-maze"]
+        outcome = self.subprocess(cmd, timeout_s=BENCH_TIMEOUT_S)
+        if outcome["ok"]:
+            outcome["result"] = json.loads(outcome.pop("stdout").strip().splitlines()[-1])
+        return outcome
+
+    def subprocess(self, cmd: list[str], timeout_s: float) -> dict[str, Any]:
         try:
             proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -200,33 +221,39 @@ class Job:
         if proc.returncode:
             lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
             return {"ok": False, "reason": lines[-1][:300]}
-        train = [r for r in read_records(run_dir / METRICS)[0] if r["kind"] == "train"]
-        return {"ok": True, "wall_s": round(time.monotonic() - start, 1),
-                "optimizer_steps_per_s": train[-1]["optimizer_steps_per_s"]}
+        return {"ok": True, "stdout": proc.stdout}
 
-    def choose_compile(self) -> bool:
-        eager = self.smoke(False, timeout_s=120)
+    def choose_fast(self) -> bool:
+        """Whether the runs train on the fast path: `--fast on`/`off`, or (auto) the benchmark's
+        verdict on paper-fourrooms."""
+        eager = self.smoke()
+        eager.pop("stdout", None)
         self.info["smoke"] = {"eager": eager}
         if not eager["ok"]:
             raise JobError(f"smoke test failed (eager): {eager['reason']}")
         self.log(f"smoke eager: {eager['optimizer_steps_per_s']:.1f} optimizer steps/s "
                  f"({eager['wall_s']} s)")
-        if self.compile_mode == "off":
+        if self.fast == "off":
             return False
-        compiled = self.smoke(True, timeout_s=180)
-        self.info["smoke"]["compiled"] = compiled
-        if not compiled["ok"]:
-            self.log(f"compiled path unavailable, training eager: {compiled['reason']}")
-            return False
-        faster = compiled["optimizer_steps_per_s"] > eager["optimizer_steps_per_s"]
-        self.log(f"smoke compiled: {compiled['optimizer_steps_per_s']:.1f} optimizer steps/s "
-                 f"({compiled['wall_s']} s); training {'compiled' if faster else 'eager (not faster)'}")
-        return faster or self.compile_mode == "on"
+        start = time.monotonic()
+        bench = self.benchmark()
+        self.info["bench"] = bench
+        self.log(f"bench train ({time.monotonic() - start:.0f} s): "
+                 + json.dumps(bench.get("result") or bench["reason"]))
+        if not bench["ok"]:
+            self.log(f"fast path not measured, training {'fast' if self.fast == 'on' else 'eager'}")
+            return self.fast == "on"
+        row = bench["result"]["paper-fourrooms"]
+        faster = row["fast"]["optimizer_steps_per_s"] > row["eager"]["optimizer_steps_per_s"]
+        self.log(f"paper-fourrooms: eager {row['eager']['optimizer_steps_per_s']:.1f}, fast "
+                 f"{row['fast']['optimizer_steps_per_s']:.1f} optimizer steps/s; training "
+                 f"{'fast' if faster else 'eager (fast is not faster)'}")
+        return faster or self.fast == "on"
 
     # -- the queue ------------------------------------------------------------------------
-    def launch(self, run: Run, compiled: bool, deadline: float) -> None:
+    def launch(self, run: Run, fast: bool, deadline: float) -> None:
         overrides = ([] if run.resumed else run_overrides(run.name, self.toy))
-        overrides.append(f"model.compile={str(compiled).lower()}")
+        overrides += FAST["on" if fast else "off"]
         cmd = train_command(run.dir, run.name, run.resumed, overrides)
         log = (run.dir / "train.log").open("w")
         run.process = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
@@ -297,7 +324,7 @@ class Job:
         self.info["runs"] = {run.name: run.summary() for run in self.runs}
         atomic_write(self.out / "job.json", lambda tmp: tmp.write_text(json.dumps(self.info, indent=1)))
 
-    def train(self, compiled: bool) -> None:
+    def train(self, fast: bool) -> None:
         queue = list(self.runs)
         while queue:
             wave, queue = queue[: self.parallel], queue[self.parallel:]
@@ -305,7 +332,7 @@ class Job:
             deadline = time.monotonic() + (self.end - self.grace - time.monotonic()) / waves_left
             for run in wave:
                 if deadline > time.monotonic():
-                    self.launch(run, compiled, deadline)
+                    self.launch(run, fast, deadline)
                 else:
                     run.state = "skipped"
                     self.log(f"{run.name}: skipped, no time left in the budget")
@@ -320,9 +347,9 @@ class Job:
     def run(self) -> dict[str, Any]:
         self.log("report: " + json.dumps(self.info["report"]))
         self.mirror()
-        compiled = self.choose_compile()
-        self.info["compiled"] = compiled
-        self.train(compiled)
+        fast = self.choose_fast()
+        self.info["fast"] = fast
+        self.train(fast)
         self.info["wall_s"] = round(time.monotonic() - self.started, 1)
         self.mirror()
         for name, summary in self.info["runs"].items():
@@ -333,7 +360,7 @@ class Job:
 
 def gpu_job(out: str | Path, *, minutes: float = 8.5, runs: list[str] | None = None,
             parallel: int = 0, carried: str | Path | None = None, device: str = "cuda",
-            toy: bool = False, compile_mode: str = "auto", work: str | Path | None = None
+            toy: bool = False, fast: str = "auto", work: str | Path | None = None
             ) -> dict[str, Any]:
     """Run the job (see the module docstring); returns what `job.json` holds."""
     if device not in ("cuda", "cpu"):
@@ -357,10 +384,12 @@ def gpu_job(out: str | Path, *, minutes: float = 8.5, runs: list[str] | None = N
     out.mkdir(parents=True, exist_ok=True)
     work = Path(work) if work else Path(tempfile.mkdtemp(prefix="hrm-gpu-job-"))
     parallel = parallel or (len(runs) if device == "cuda" else 1)
-    if compile_mode == "auto" and device == "cpu":
-        compile_mode = "off"  # inductor's C++ compile costs more than a dry run's minutes
+    if fast not in ("auto", "on", "off"):
+        raise JobError(f"--fast must be auto, on or off, got {fast!r}")
+    if fast == "auto" and device == "cpu":
+        fast = "off"  # inductor's C++ compile costs more than a dry run's minutes
     job = Job(out, work, runs, minutes=minutes, parallel=parallel, toy=toy, device=device,
-              carried=Path(carried) if carried else None, compile_mode=compile_mode)
+              carried=Path(carried) if carried else None, fast=fast)
     return job.run()
 
 

@@ -53,3 +53,14 @@ def test_bad_config_values_get_an_error_naming_the_field(overrides, message):
 def test_unknown_profile_lists_the_available_ones():
     with pytest.raises(ConfigError, match="no profile 'cpu-fourroom'.*cpu-fourrooms"):
         load_profile("cpu-fourroom")
+
+
+@pytest.mark.parametrize("legacy, expected", [(True, "on"), (False, "auto")])
+def test_a_config_with_the_old_model_compile_field_loads_as_train_compile(legacy, expected):
+    """Checkpoints and agents from before train.compile stored model.compile (a bool)."""
+    from hrm_agent.experiment import experiment_from_dict
+
+    data = load_profile("paper-fourrooms").to_dict()
+    del data["train"]["compile"]
+    data["model"]["compile"] = legacy
+    assert experiment_from_dict(data).train.compile == expected

@@ -111,10 +111,12 @@ def _mean_seconds(fn, reps: int) -> float:
 
 
 def measure(config: HRMConfig, batch: int, act_reps: int, train_reps: int,
-            warmup_batch: int | None = None) -> dict:
+            warmup_batch: int | None = None, compiled: bool = False) -> dict:
     """Acting and training-step times of a fresh model of `config` at `batch`."""
     torch.manual_seed(0)
     model = HRMQNetwork(config)
+    if compiled:
+        model.compile()
     warm = warmup_batch or batch
     _acting(model, warm)()
     _training(model, warm)()
@@ -136,10 +138,10 @@ def _describe(config: HRMConfig) -> str:
             f"H_cycles {c.H_cycles}, L_cycles {c.L_cycles}, segments {c.segments}")
 
 
-def _variant(config: HRMConfig, batch: int, reps: int) -> dict | str:
+def _variant(config: HRMConfig, compiled: bool, batch: int, reps: int) -> dict | str:
     try:
         start = time.perf_counter()
-        result = measure(config, batch, reps, reps)
+        result = measure(config, batch, reps, reps, compiled=compiled)
         result["with_warmup_s"] = round(time.perf_counter() - start, 2)
         return result
     except Exception as exc:  # noqa: BLE001  (report, e.g. no C compiler for torch.compile)
@@ -171,12 +173,12 @@ def run(quick: bool = False) -> dict:
     config = dataclasses.replace(cpu, seq_len=SEQ_LENS[0])
     variant_reps = 1 if quick else 3
     variants = {
-        "eager_fp32": dataclasses.replace(config, dtype="float32"),
-        "bf16_autocast": dataclasses.replace(config, dtype="bfloat16"),
-        "compile_fp32": dataclasses.replace(config, dtype="float32", compile=True),
+        "eager_fp32": (dataclasses.replace(config, dtype="float32"), False),
+        "bf16_autocast": (dataclasses.replace(config, dtype="bfloat16"), False),
+        "compile_fp32": (dataclasses.replace(config, dtype="float32"), True),
     }
-    for name, variant in variants.items():
-        outcome = _variant(variant, batch, variant_reps)
+    for name, (variant, compiled) in variants.items():
+        outcome = _variant(variant, compiled, batch, variant_reps)
         if isinstance(outcome, str):
             result[f"cpu_{name}"] = outcome
         else:

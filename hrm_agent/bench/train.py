@@ -1,58 +1,152 @@
-"""Training throughput per profile: optimizer steps/s, env steps/s, and where the time goes.
+"""Training throughput per profile and execution mode, against the device's memory roofline.
 
-`python -m hrm_agent bench train --json` runs each profile's trainer for a few cycles (after a
-warm-up) with the stopwatch on and reports the share of wall time spent outside the model's
-forward/backward (env stepping, replay, optimizer, Polyak, bookkeeping). Paper profiles are
-timed at their real batch size, so on a CPU they are slow: that number is the point.
+`python -m hrm_agent bench train --json [--profiles paper-fourrooms,paper-maze] [--modes eager,fast]`
+runs each profile's trainer on this machine's device (CUDA when there is one) for some seconds
+after a warm-up (which includes torch.compile and CUDA-graph capture in the fast mode) and reports:
+- optimizer steps/s and env steps/s (timed without the stopwatch, so nothing syncs);
+- the share of wall time outside the model (env stepping, replay, bookkeeping), from a second,
+  shorter timing with the stopwatch on;
+- `bytes_per_step`: what the eager kernels of one cycle read and write, per optimizer step (every
+  aten op's inputs and outputs, counted once on an eager trainer), and `effective_GBps` = that x
+  steps/s, against `copy_GBps`, a measured device-to-device copy (read + write). The paper's
+  HRM has 64-wide matmuls and is bound by memory traffic, so this is its roofline; fused code
+  moves fewer bytes than it is credited with, so the fast mode's ratio can exceed 1.
+Modes: "eager" (train.compile and train.cuda_graphs off) and "fast" (torch.compile, and CUDA
+graphs on CUDA). The numbers of one device only compare with the same device's.
 """
 from __future__ import annotations
 
 import time
 
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
-from hrm_agent.experiment import load_profile
+from hrm_agent.experiment import ExperimentConfig, load_profile
 from hrm_agent.trainer import Trainer
 
 PROFILES = ("cpu-fourrooms", "cpu-maze", "paper-fourrooms", "paper-maze")
+MODES = ("eager", "fast")
 
 
-def time_profile(name: str, seconds: float, min_cycles: int) -> dict[str, float]:
-    config = load_profile(name, ["train.device='auto'"])
+def mode_overrides(mode: str, device: torch.device) -> list[str]:
+    if mode not in MODES:
+        raise ValueError(f"unknown bench train mode {mode!r}; modes: {', '.join(MODES)}")
+    if mode == "eager":
+        return ["train.compile='off'", "train.cuda_graphs='off'"]
+    graphs = "on" if device.type == "cuda" else "off"
+    return ["train.compile='on'", f"train.cuda_graphs='{graphs}'"]
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def copy_bandwidth(device: torch.device, megabytes: int = 256, reps: int = 10) -> float:
+    """GB/s of a large device-to-device copy, counting the read and the write."""
+    n = megabytes * 2**20 // 4
+    src = torch.ones(n, device=device)
+    dst = torch.empty_like(src)
+    dst.copy_(src)
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        dst.copy_(src)
+    _sync(device)
+    return 2 * src.numel() * 4 * reps / (time.perf_counter() - start) / 1e9
+
+
+class _Traffic(TorchDispatchMode):
+    """Bytes of every aten op's tensor inputs and outputs (what unfused kernels move)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        if func.is_view:  # views, expands, detach: no data moves
+            return out
+        for t in tree_leaves((args, kwargs, out)):
+            if isinstance(t, torch.Tensor):
+                self.bytes += t.numel() * t.element_size()
+        return out
+
+
+def _cycle(trainer: Trainer) -> None:
+    for _ in range(trainer.config.train.env_steps_per_batch):
+        trainer.collect()
+    trainer.learn()
+
+
+def _ready(config: ExperimentConfig) -> Trainer:
+    """A trainer whose buffer can be sampled, after a first learn step (lazy state)."""
     trainer = Trainer(config, timed=True)
     tc = config.train
-    while len(trainer.replay) < max(tc.learning_starts, tc.batch_size):  # fill, untimed
+    while len(trainer.replay) < max(tc.learning_starts, tc.batch_size, tc.n_step * config.env.num_envs):
         trainer.collect()
-    trainer.collect()
-    trainer.learn()  # warm-up: first-call allocations, lazy init
-    trainer.stopwatch.seconds.clear()
+    _cycle(trainer)
+    return trainer
+
+
+def bytes_per_step(config: ExperimentConfig) -> float:
+    """Eager kernels' reads + writes of one cycle, per optimizer step."""
+    trainer = _ready(config)
+    with _Traffic() as traffic:
+        _cycle(trainer)
+    return traffic.bytes / config.model.segments
+
+
+def time_profile(config: ExperimentConfig, seconds: float, min_cycles: int, warmup: int) -> dict:
+    trainer = _ready(config)
+    for _ in range(warmup):  # compilation, CUDA-graph capture
+        _cycle(trainer)
+    device = trainer.device
+    trainer.stopwatch.enabled = False
     step0, env0 = trainer.global_step, trainer.env_steps
+    _sync(device)
     start = time.perf_counter()
     cycles = 0
     while cycles < min_cycles or time.perf_counter() - start < seconds:
-        with trainer.stopwatch("total"):
-            for _ in range(tc.env_steps_per_batch):
-                trainer.collect()
-            trainer.learn()
+        _cycle(trainer)
         cycles += 1
+    _sync(device)
     wall = time.perf_counter() - start
+    rates = {"optimizer_steps_per_s": (trainer.global_step - step0) / wall,
+             "env_steps_per_s": (trainer.env_steps - env0) / wall}
+    trainer.stopwatch.seconds.clear()  # the shares, on a few cycles (its syncs slow them)
+    trainer.stopwatch.enabled = True
+    for _ in range(max(2, cycles // 4)):
+        with trainer.stopwatch("total"):
+            _cycle(trainer)
     parts = trainer.stopwatch.seconds
-    return {
-        "device": str(trainer.device),
-        "parameters": trainer.model.num_parameters(),
-        "batch_size": tc.batch_size,
-        "num_envs": config.env.num_envs,
-        "optimizer_steps_per_s": (trainer.global_step - step0) / wall,
-        "env_steps_per_s": (trainer.env_steps - env0) / wall,
-        "share_outside_model": 1.0 - parts.get("model", 0.0) / parts["total"],
-        "seconds": {k: round(v, 3) for k, v in parts.items()},
-    }
+    model = parts.get("act", 0.0) + parts.get("learn", 0.0)
+    return {**rates, "share_outside_model": 1.0 - model / parts["total"],
+            "seconds": {k: round(v, 3) for k, v in parts.items()},
+            "compiled": trainer.compiled, "cuda_graphs": trainer.graphed}
 
 
-def run(quick: bool = False) -> dict:
-    result = {"threads": torch.get_num_threads()}
-    for name in PROFILES:
+def run(quick: bool = False, profiles: list[str] | None = None, modes: list[str] | None = None
+        ) -> dict:
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    copy = copy_bandwidth(device, megabytes=64 if quick else 256)
+    result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+              "torch": torch.__version__, "threads": torch.get_num_threads(),
+              "copy_GBps": round(copy, 1)}
+    for name in profiles or PROFILES:
         paper = name.startswith("paper")
-        result[name] = time_profile(name, seconds=2.0 if quick else 20.0,
-                                    min_cycles=1 if (quick or paper) else 3)
+        base = load_profile(name, [f"train.device='{device.type}'"])
+        traffic = bytes_per_step(base)
+        row = {"batch_size": base.train.batch_size, "num_envs": base.env.num_envs,
+               "bytes_per_step": traffic}
+        for mode in modes or MODES:
+            config = load_profile(name, [f"train.device='{device.type}'", *mode_overrides(mode, device)])
+            timing = time_profile(config, seconds=2.0 if quick else 20.0,
+                                  min_cycles=1 if (quick or paper) else 3,
+                                  warmup=1 if quick else 3)
+            effective = traffic * timing["optimizer_steps_per_s"] / 1e9
+            row[mode] = {**timing, "effective_GBps": round(effective, 1),
+                         "fraction_of_copy_roofline": round(effective / copy, 3)}
+        result[name] = row
     return result

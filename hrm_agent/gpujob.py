@@ -8,7 +8,8 @@ with the machine's own python3 (torch, numpy and tqdm are all it needs), does in
    CUDA graphs); the fast path is kept only if it runs and is faster;
 3. the queue, in priority order (`RUNS`): each an ordinary `hrm_agent train` run in a local
    work folder, `--parallel` at a time, resumed from `--from` when that holds its checkpoint,
-   and stopped by SIGTERM at its wall-clock deadline (the trainer then checkpoints at once).
+   and stopped by SIGTERM at its wall-clock deadline (the trainer then checkpoints at once); a
+   run whose fast path fails is restarted on the eager path from its last checkpoint.
 While the runs go, everything that must come back is mirrored into `--out`, each file replaced
 atomically, as at most 8 flat files (the GPU machine's return limits): `<run>.pt` (resumable
 checkpoint, no replay), `metrics.jsonl` (every run's records, tagged with `run`), `best.pt`
@@ -53,6 +54,7 @@ TOY = ["model.hidden_size=32", "model.H_layers=1", "model.L_layers=1", "model.se
 FAST = {"on": ["train.compile='on'", "train.cuda_graphs='auto'"],
         "off": ["train.compile='off'", "train.cuda_graphs='off'"]}
 BENCH_TIMEOUT_S = 300
+RETRY_MIN_S = 30  # a run whose fast path fails is retried eagerly if this much time is left
 GRACE_S = 45  # after SIGTERM, how long a run may take to checkpoint before it is killed
 # (at most a tenth of the budget, and 10 s, so a minute's dry run still trains)
 POLL_S = 2.0
@@ -130,6 +132,7 @@ class Run:
     process: subprocess.Popen | None = None
     deadline: float = math.inf
     state: str = "queued"  # queued, running, stopping, done, failed
+    fast: bool = False  # launched on the fast path
     seen: dict[str, int] = field(default_factory=dict)  # file -> mtime_ns mirrored
     records: list[dict] = field(default_factory=list)
     started: float = 0.0
@@ -233,32 +236,36 @@ class Job:
             raise JobError(f"smoke test failed (eager): {eager['reason']}")
         self.log(f"smoke eager: {eager['optimizer_steps_per_s']:.1f} optimizer steps/s "
                  f"({eager['wall_s']} s)")
-        if self.fast == "off":
-            return False
+        if self.fast != "auto":  # on: trust it unmeasured (a failing run is retried eagerly)
+            return self.fast == "on"
         start = time.monotonic()
         bench = self.benchmark()
         self.info["bench"] = bench
         self.log(f"bench train ({time.monotonic() - start:.0f} s): "
                  + json.dumps(bench.get("result") or bench["reason"]))
         if not bench["ok"]:
-            self.log(f"fast path not measured, training {'fast' if self.fast == 'on' else 'eager'}")
-            return self.fast == "on"
+            self.log("fast path not measured, training eager")
+            return False
         row = bench["result"]["paper-fourrooms"]
         faster = row["fast"]["optimizer_steps_per_s"] > row["eager"]["optimizer_steps_per_s"]
         self.log(f"paper-fourrooms: eager {row['eager']['optimizer_steps_per_s']:.1f}, fast "
                  f"{row['fast']['optimizer_steps_per_s']:.1f} optimizer steps/s; training "
                  f"{'fast' if faster else 'eager (fast is not faster)'}")
-        return faster or self.fast == "on"
+        return faster
 
     # -- the queue ------------------------------------------------------------------------
     def launch(self, run: Run, fast: bool, deadline: float) -> None:
-        overrides = ([] if run.resumed else run_overrides(run.name, self.toy))
+        """Start `run`'s train process: resumed when its folder holds a checkpoint (carried in,
+        or written before a failed fast try), else fresh."""
+        resume = (run.dir / CHECKPOINT).is_file()
+        overrides = ([] if resume else run_overrides(run.name, self.toy))
         overrides += FAST["on" if fast else "off"]
-        cmd = train_command(run.dir, run.name, run.resumed, overrides)
-        log = (run.dir / "train.log").open("w")
+        cmd = train_command(run.dir, run.name, resume, overrides)
+        log = (run.dir / "train.log").open("a")
         run.process = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        run.state, run.deadline, run.started = "running", deadline, time.monotonic()
-        self.log(f"{run.name}: {'resumed' if run.resumed else 'started'} (pid {run.process.pid}), "
+        run.state, run.deadline, run.started, run.fast = "running", deadline, time.monotonic(), fast
+        self.log(f"{run.name}: {'resumed' if resume else 'started'}{' (fast path)' if fast else ''} "
+                 f"(pid {run.process.pid}), "
                  f"until {time.strftime('%H:%M:%S', time.localtime(time.time() + deadline - time.monotonic()))}")
 
     def poll(self, run: Run) -> None:
@@ -273,7 +280,7 @@ class Job:
         code = run.process.poll()
         if code is None:
             return
-        run.wall_s = now - run.started
+        run.wall_s += now - run.started
         if code == 0 or run.state == "stopping":  # a signal we sent: what was saved stays
             run.state = "done" if code == 0 else f"stopped (exit {code})"
             return
@@ -281,6 +288,9 @@ class Job:
         lines = (run.dir / "train.log").read_text().strip().splitlines() or ["no output"]
         run.error = lines[-1][:300]
         self.log(f"{run.name}: failed (exit {code}): {run.error}")
+        if run.fast and run.deadline - now > RETRY_MIN_S:  # the fast path broke: go on eager
+            self.log(f"{run.name}: retrying on the eager path")
+            self.launch(run, False, run.deadline)
 
     def mirror(self) -> None:
         """Copy what changed into `out`; a failed write (full disk) is logged, the previous

@@ -56,6 +56,22 @@ def test_dry_run_returns_resumable_runs_and_a_second_window_resumes_them(tmp_pat
     assert [r for r in records2 if r["run"] == RUNS[0]][: len(first)] == first  # history kept
 
 
+@pytest.mark.slow
+def test_a_run_whose_fast_path_fails_goes_on_eager(tmp_path, monkeypatch):
+    """A fast path that breaks on the GPU must not cost the window: the run restarts eagerly."""
+    import hrm_agent.gpujob as gpujob
+
+    # on a CPU, CUDA graphs fail at once with a one-line error (exit 2), like a broken fast path
+    monkeypatch.setitem(gpujob.FAST, "on", ["train.cuda_graphs='on'"])
+    info = gpu_job(tmp_path / "out", device="cpu", toy=True, minutes=1.25, runs=RUNS[:1],
+                   fast="on", work=tmp_path / "work")
+    summary = info["runs"][RUNS[0]]
+    assert info["fast"] is True and "bench" not in info  # `on`: used unmeasured
+    assert summary["state"] == "done" and summary["step"] > 0, summary
+    log = (tmp_path / "out" / "job.log").read_text()
+    assert "needs a CUDA device" in log and "retrying on the eager path" in log
+
+
 def test_job_input_errors_are_one_line(tmp_path, capsys):
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit) as exit_info:

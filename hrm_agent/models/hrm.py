@@ -136,9 +136,10 @@ class TokenInput:
         dtype = self.compute_dtype(device)
         if dtype == torch.float32:
             return nullcontext()
-        # Autocast's cache of cast weights must be off while a CUDA graph is being captured.
-        capturing = device.type == "cuda" and torch.cuda.is_current_stream_capturing()
-        return torch.autocast(device.type, dtype=dtype, cache_enabled=not capturing)
+        # On CUDA autocast's cache of cast weights is off: a CUDA graph cannot capture it, and
+        # torch.compile guards on the flag, so turning it off only for the capture would
+        # recompile there. (The authors' CastedLinear recasts its weight on every call too.)
+        return torch.autocast(device.type, dtype=dtype, cache_enabled=device.type != "cuda")
 
     def embed(self, inputs: Tensor) -> Tensor:
         """Token embeddings (task token first), scaled by sqrt(hidden)."""

@@ -136,8 +136,8 @@ def run(quick: bool = False, profiles: list[str] | None = None, modes: list[str]
               "copy_GBps": round(copy, 1)}
     for name in profiles or PROFILES:
         paper = name.startswith("paper")
-        base = load_profile(name, [f"train.device='{device.type}'"])
-        traffic = bytes_per_step(base)
+        base = load_profile(name, [f"train.device='{device.type}'", *mode_overrides("eager", device)])
+        traffic = bytes_per_step(base)  # eager: compiled code and graph replays bypass the count
         row = {"batch_size": base.train.batch_size, "num_envs": base.env.num_envs,
                "bytes_per_step": traffic}
         for mode in modes or MODES:

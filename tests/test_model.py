@@ -361,6 +361,9 @@ def test_bfloat16_on_cpu_runs_and_q_is_float32():
         out = bf16(x, bf16.init_seed(2), trace=True)
         ref = fp32(x, fp32.init_seed(2))
     assert out.q.dtype == torch.float32 and out.trace[0].dtype == torch.float32
+    # z is bf16 throughout, as the authors' (half the traffic; the replay stores it so)
+    assert bf16.init_seed(2).z_H.dtype == out.seed.z_H.dtype == out.seed.z_L.dtype == torch.bfloat16
+    assert fp32.init_seed(2).z_H.dtype == torch.float32
     assert torch.isfinite(out.q).all()
     torch.testing.assert_close(out.q, ref.q, atol=0.1, rtol=0.1)  # bf16 is close to fp32
     # Training under bf16 autocast gives fp32 Q and gradients for the fp32 parameters.

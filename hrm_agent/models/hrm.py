@@ -142,13 +142,16 @@ class TokenInput:
         return torch.autocast(device.type, dtype=dtype, cache_enabled=device.type != "cuda")
 
     def embed(self, inputs: Tensor) -> Tensor:
-        """Token embeddings (task token first), scaled by sqrt(hidden)."""
+        """Token embeddings (task token first), scaled by sqrt(hidden), in the compute dtype
+        (autocast leaves embeddings in fp32): so in bf16 the states z are bf16 too, as the
+        authors' are, which halves the memory traffic of the residual stream and of z in
+        replay. (Scaling by sqrt(64) = 8 is exact either side of the cast.)"""
         check_observations(inputs, self.config.seq_len)
         x = self.embed_tokens(inputs.long())
         if self.task_embedding is not None:
             task = self.task_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
             x = torch.cat((task, x), dim=1)
-        return self.embed_scale * x
+        return (self.embed_scale * x).to(self.compute_dtype(inputs.device))
 
     def read_q(self, z: Tensor) -> Tensor:
         """Q (B, num_actions) from the states z (B, positions, D) as `config.readout` says."""
@@ -204,11 +207,13 @@ class HRMQNetwork(TokenInput, nn.Module):
 
     # -- seeds and carries --------------------------------------------------------------------
     def init_seed(self, batch_size: int) -> Seed:
-        """The fixed initial state (Reset Z, and Carry Z at episode starts)."""
+        """The fixed initial state (Reset Z, and Carry Z at episode starts), in the compute dtype."""
+        dtype = self.compute_dtype()
+        H_init, L_init = self.H_init.to(dtype), self.L_init.to(dtype)
         if self.config.carry == "full":
             shape = (batch_size, self.config.positions, -1)
-            return Seed(self.H_init.expand(shape), self.L_init.expand(shape))
-        return Seed(self.H_init.expand(batch_size, -1), self.L_init.expand(batch_size, -1))
+            return Seed(H_init.expand(shape), L_init.expand(shape))
+        return Seed(H_init.expand(batch_size, -1), L_init.expand(batch_size, -1))
 
     def reset_seed(self, seed: Seed, episode_start: Tensor) -> Seed:
         """`seed` with the envs flagged by `episode_start` (bool, (B,)) set back to the init."""

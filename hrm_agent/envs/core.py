@@ -97,7 +97,7 @@ class DynamicDoorsEnv:
         self.returns = torch.zeros(self.num_envs, dtype=torch.float32, device=self.device)
         return episodes["first_obs"]
 
-    def step(self, actions, *, check: bool = True) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
+    def step(self, actions) -> tuple[Tensor, Tensor, Tensor, Tensor, dict[str, Tensor]]:
         """Move every env one step; returns (obs, reward, terminated, truncated, info).
 
         actions: (B,) integers, 0=N 1=E 2=S 3=W. info: `final_obs` (B, seq_len) uint8, the last
@@ -107,7 +107,7 @@ class DynamicDoorsEnv:
         changed in this step's redraw)."""
         if self.agent is None:
             raise RuntimeError("call reset() before step()")
-        actions = self._check_actions(actions) if check else actions
+        actions = self._check_actions(actions)
         target = self._flat_neighbours.take(torch.add(actions, self.agent, alpha=4))
         bumped = is_obstacle(self.terrain.view(-1).take(self._row + target)) | (target == self.agent)
         self.agent = torch.where(bumped, self.agent, target)

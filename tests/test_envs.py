@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from hrm_agent.envs import (AGENT, DOOR, FLOOR, GOAL, START, WALL_H, WALL_V, FourRooms, Maze,
                             make_env, oracle_actions, shortest_path_lengths)
@@ -407,18 +408,46 @@ def test_same_seed_same_trajectory_different_seed_differs(cls):
     assert not torch.equal(a[0], c[0])
 
 
-@pytest.mark.parametrize("cls", ENV_CLASSES)
-def test_state_dict_continues_exactly(cls):
+ENV_KINDS = [(FourRooms, {}), (Maze, {}), (Maze, {"door_redraw": "independent"})]
+KIND_IDS = ["fourrooms", "maze", "maze-independent"]
+
+
+@pytest.mark.parametrize("cls, kwargs", ENV_KINDS, ids=KIND_IDS)
+@pytest.mark.parametrize("saved_at", [31, 32, 50])  # just before, at and after a window's end
+def test_state_dict_continues_exactly(cls, kwargs, saved_at):
+    """A restored env continues with the same future, wherever in a window (`WINDOW` = 32) it
+    was saved: the queue pointer, the count taken and the window's door moves are state."""
     actions = torch.randint(4, (120, 8), generator=torch.Generator().manual_seed(1))
-    env = cls(8, seed=3, p_change=0.2)
-    trajectory(env, actions[:50], seed=3)
-    copy = cls(8, seed=0, p_change=0.2)
+    env = cls(8, seed=3, p_change=0.2, max_steps=9, **kwargs)
+    trajectory(env, actions[:saved_at], seed=3)
+    copy = cls(8, seed=0, p_change=0.2, max_steps=9, **kwargs)
     copy.load_state_dict(env.state_dict())
-    rest_a = [env.step(a) for a in actions[50:]]
-    rest_b = [copy.step(a) for a in actions[50:]]
+    rest_a = [env.step(a) for a in actions[saved_at:]]
+    rest_b = [copy.step(a) for a in actions[saved_at:]]
     for x, y in zip(rest_a, rest_b):
         assert all(torch.equal(u, v) for u, v in zip(x[:4], y[:4]))
-        assert torch.equal(x[4]["final_obs"], y[4]["final_obs"])
+        assert all(torch.equal(x[4][key], y[4][key]) for key in x[4])
+    assert same_state(env.state_dict(), copy.state_dict())
+
+
+def same_state(a, b) -> bool:
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_state(a[key], b[key]) for key in a)
+    return torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b
+
+
+def test_state_dict_from_before_the_windows_loads():
+    """A checkpoint written before the episode ring (a queue of just its unused episodes, no
+    window state) still loads, and its queued episodes come first."""
+    env = Maze(4, seed=0)
+    env.reset()
+    state = env.state_dict()
+    old_queue = {key: value[:6] for key, value in state["queue"].items()}
+    copy = Maze(4, seed=1)
+    copy.load_state_dict({"state": state["state"], "queue": old_queue, "generator": state["generator"]})
+    first = copy._next_episodes(torch.ones(4, dtype=torch.bool))
+    assert all(torch.equal(first[key], old_queue[key][:4]) for key in old_queue)
+    copy.step(torch.zeros(4, dtype=torch.long))
 
 
 @pytest.mark.parametrize("cls", ENV_CLASSES)
@@ -445,6 +474,128 @@ def test_an_env_does_not_see_the_other_envs_actions(cls):
     assert compared > 3
 
 
+# -- host reads (GPU syncs) -----------------------------------------------------------------------
+
+DATA_DEPENDENT_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "masked_scatter", "unique",
+                      "_unique", "_unique2", "unique_consecutive", "unique_dim", "bincount",
+                      "repeat_interleave", "equal", "is_nonzero"}
+
+
+def reads_device(func, args, kwargs) -> bool:
+    """Whether an aten op reads the device from the host (a sync on a GPU): `.item()` / `int()`,
+    ops whose output shape depends on the data (boolean-mask indexing included), and explicit
+    copies to the CPU (`.cpu()` and `.tolist()` copy nothing on the CPU, so they go unseen)."""
+    name = func._overloadpacket.__name__
+    if name in DATA_DEPENDENT_OPS:
+        return True
+    if name in ("index", "index_put", "index_put_", "_index_put_impl_"):
+        return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in args[1] if i is not None)
+    return name == "_to_copy" and kwargs.get("device") == torch.device("cpu")
+
+
+class HostReads(TorchDispatchMode):
+    """Records the host reads of the ops run inside it, with `phase` saying where they happen."""
+
+    def __init__(self):
+        super().__init__()
+        self.reads: list[tuple[str, str]] = []
+        self.phase = "step"
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if reads_device(func, args, kwargs):
+            self.reads.append((self.phase, func._overloadpacket.__name__))
+        return func(*args, **kwargs)
+
+
+def test_the_host_read_detector_sees_syncs():
+    x = torch.arange(4)
+    for read in (lambda: int(x[0]), lambda: bool(x.any()), lambda: x.nonzero(), lambda: x[x > 1],
+                 lambda: x.unique(), lambda: x.to("cpu", copy=True).tolist(), lambda: x.masked_select(x > 1)):
+        with HostReads() as mode:
+            read()
+        assert mode.reads, read
+    with HostReads() as mode:
+        torch.where(x > 1, x, 0).cumsum(0).index_select(0, x).sort()
+    assert not mode.reads
+
+
+@pytest.mark.parametrize("cls, kwargs", ENV_KINDS, ids=KIND_IDS)
+def test_step_reads_the_device_only_at_window_ends(cls, kwargs, monkeypatch):
+    """With check=False a step reads nothing from the device, except the step that ends a
+    window (every `WINDOW`-th since the reset): exactly one read, plus those inside the one
+    episode draw that refills the queue (none in four-rooms, the BFS's in the maze). Short
+    episodes, so that the queue needs refilling in every window."""
+    b, window = 32, cls.WINDOW
+    env = cls(b, seed=0, p_change=0.3, max_steps=10, **kwargs)
+    env.reset()
+    draws_at = []
+
+    def recorded_draw(n, draw=env._draw_episodes):
+        draws_at.append(t)
+        mode.phase = "draw"
+        try:
+            return draw(n)
+        finally:
+            mode.phase = "step"
+
+    monkeypatch.setattr(env, "_draw_episodes", recorded_draw)
+    actions = torch.randint(4, (3 * window, b), generator=torch.Generator().manual_seed(0))
+    for t, a in enumerate(actions, start=1):
+        with HostReads() as mode:
+            env.step(a, check=False)
+        in_step = [op for phase, op in mode.reads if phase == "step"]
+        in_draw = [op for phase, op in mode.reads if phase == "draw"]
+        assert in_step == ([] if t % window else ["_to_copy"]), (t, mode.reads)
+        assert bool(in_draw) == (cls is Maze and t % window == 0), (t, mode.reads)
+    assert draws_at == [window, 2 * window, 3 * window]
+
+    with HostReads() as mode:  # the value check: one more read per step
+        env.step(actions[0])
+    assert [op for _, op in mode.reads] == ["_to_copy"]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("cls, kwargs", ENV_KINDS, ids=KIND_IDS)
+def test_step_does_not_synchronize_on_cuda(cls, kwargs):
+    """The same on a GPU, with CUDA's own detector: no sync in the steps of a window."""
+    env = cls(256, device="cuda", seed=0, p_change=0.3, max_steps=10, **kwargs)
+    env.reset()
+    actions = torch.randint(4, (cls.WINDOW - 1, 256), device="cuda")
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for a in actions:
+            env.step(a, check=False)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@pytest.mark.parametrize("num_envs, max_steps", [(1, 1), (5, 1), (5, 7)])
+def test_episodes_come_from_the_queue_once_each_in_draw_order(num_envs, max_steps, monkeypatch):
+    """Every episode drawn is started once, first drawn first started, also when every env
+    finishes at every step (max_steps=1: the most the queue can be asked for)."""
+    env = Maze(num_envs, seed=2, max_steps=max_steps, p_change=0.3)
+    drawn = []
+
+    def recorded_draw(n, draw=env._draw_episodes):
+        episodes = draw(n)
+        drawn.append({key: value.clone() for key, value in episodes.items()})
+        return episodes
+
+    monkeypatch.setattr(env, "_draw_episodes", recorded_draw)
+    env.reset()
+    started = [(env.start.clone(), env.goal.clone(), env.terrain.clone())]
+    for a in torch.randint(4, (4 * env.WINDOW, num_envs), generator=torch.Generator().manual_seed(3)):
+        _, _, terminated, truncated, _ = env.step(a)
+        done = terminated | truncated
+        started.append((env.start[done], env.goal[done], env.terrain[done]))
+    if max_steps == 1:
+        assert sum(len(start) for start, _, _ in started) == (4 * env.WINDOW + 1) * num_envs
+    drawn_in_order = [torch.cat([d[key] for d in drawn]) for key in ("start", "goal", "terrain")]
+    for expected, got in zip(drawn_in_order, (torch.cat(x) for x in zip(*started))):
+        assert torch.equal(got, expected[:len(got)])
+
+
 # -- inputs --------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("actions, message", [
@@ -459,8 +610,22 @@ def test_an_env_does_not_see_the_other_envs_actions(cls):
 def test_bad_actions_raise(actions, message):
     env = Maze(4, seed=0)
     env.reset()
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(ValueError, match=message) as error:
         env.step(actions)
+    assert "\n" not in str(error.value)  # one line
+
+
+def test_check_false_skips_only_the_value_check():
+    env = Maze(4, seed=0)
+    env.reset()
+    with pytest.raises(ValueError, match=r"^actions must be in 0\.\.3 \(N, E, S, W\), got values in 0\.\.4$"):
+        env.step(torch.tensor([0, 1, 2, 4]), check=True)
+    with pytest.raises(ValueError, match="shape"):
+        env.step(torch.zeros(3, dtype=torch.long), check=False)
+    with pytest.raises(ValueError, match="integers"):
+        env.step(torch.zeros(4), check=False)
+    obs, *_ = env.step(torch.tensor([0, 1, 2, 3], dtype=torch.int32), check=False)
+    assert obs.shape == (4, 143)
 
 
 def test_actions_of_any_integer_kind_are_accepted():

@@ -5,6 +5,8 @@ is a plain `uint8` and a map can be written down as text.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 from torch import Tensor
 
@@ -50,6 +52,13 @@ _OBSTACLE_LOOKUP = torch.zeros(256, dtype=torch.bool)
 _OBSTACLE_LOOKUP[list(OBSTACLE_TOKENS)] = True
 
 
+@functools.cache
+def _obstacle_lookup(device: torch.device) -> Tensor:
+    """The lookup table on `device`, copied once: a copy at every call would be a blocking
+    host-to-device copy (a sync) in every env step on a GPU."""
+    return _OBSTACLE_LOOKUP.to(device)
+
+
 def is_obstacle(tokens: Tensor) -> Tensor:
     """Cells the agent cannot enter: walls, pillars, fixed walls and closed doors."""
-    return _OBSTACLE_LOOKUP.to(tokens.device).take(tokens.long())
+    return _obstacle_lookup(tokens.device).take(tokens.long())

@@ -75,7 +75,7 @@ class Maze(DynamicDoorsEnv):
         one batched BFS. Where the goal is still reachable, the wall-by-wall process would have
         kept every first try (fewer walls never cut a path), so it is done; only the few envs
         where it is not (about 2%) go wall by wall, reusing the first tries until one fails."""
-        first_tries = self.door_cells[self._choose(self._door_options(terrain, start), self.fixed_walls)]
+        first_tries = self._draw_door_cells(terrain, start, self.fixed_walls)
         with_all = terrain.scatter(1, first_tries, WALL_V)
         done = self._goal_reachable(with_all, start, goal)
         terrain.copy_(torch.where(done[:, None], with_all, terrain))
@@ -91,7 +91,7 @@ class Maze(DynamicDoorsEnv):
         for wall in range(self.fixed_walls):
             placed = torch.zeros_like(failed_before)
             for attempt in range(self.wall_tries):
-                drawn = self.door_cells[self._choose(self._door_options(terrain, start), 1)[:, 0]]
+                drawn = self._draw_door_cells(terrain, start, 1)[:, 0]
                 if attempt == 0:  # the up-front draw is this try's draw until a try has failed
                     drawn = torch.where(failed_before, drawn, first_tries[:, wall])
                 trial = terrain.scatter(1, drawn[:, None], WALL_V)

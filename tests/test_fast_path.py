@@ -3,37 +3,18 @@ and the hot loop never reads a tensor back to the host (on a GPU each read is a 
 stalls the queue of launches, and a CUDA graph cannot contain one)."""
 from __future__ import annotations
 
-import collections
 import dataclasses
 import shutil
-import traceback
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
+from hrm_agent.bench.train import CHECK, check_fast_path, compare_runs
+from hrm_agent.experiment import load_profile
 from hrm_agent.models.hrm import HRMConfig, HRMQNetwork
 from hrm_agent.trainer import Trainer, fast_path
 from tests.conftest import tiny_config
-
-# aten ops that read a tensor's values on the host: item()/float()/bool() and data-dependent shapes
-HOST_READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
-              torch.ops.aten.masked_select.default}
-
-
-class HostReads(TorchDispatchMode):
-    """Counts host reads by the hrm_agent function that made them."""
-
-    def __init__(self):
-        super().__init__()
-        self.by_function: collections.Counter[str] = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        if func in HOST_READS:
-            frame = [f for f in traceback.extract_stack() if "/hrm_agent/" in f.filename][-1]
-            self.by_function[f"{frame.filename.split('/hrm_agent/')[-1]}:{frame.name}"] += 1
-        return func(*args, **(kwargs or {}))
-
+from tests.host_reads import HostReads
 
 def _compile_usable() -> bool:
     if shutil.which("cc") is None and shutil.which("gcc") is None:
@@ -53,20 +34,32 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
     ("paper-fourrooms", ["train.carry_z=false", "train.eps_mode='batch'"]),
     ("paper-maze", ["train.carry_z=true", "train.n_step=3"]),
 ])
-def test_training_cycles_read_nothing_back_to_the_host(profile, overrides):
+def test_training_cycles_read_the_device_only_at_the_envs_window_ends(profile, overrides, monkeypatch):
+    """collect + learn read nothing back to the host; the env reads once per WINDOW steps
+    (and, refilling its queue, inside its episode draw), which is all that is left."""
     trainer = Trainer(tiny_config(*overrides, "train.learning_starts=64", profile=profile))
     while len(trainer.replay) < 64:
         trainer.collect()
     trainer.learn()  # the first step allocates the optimizer state
+    env = trainer.env
+    window_ends = []
+
+    def next_window(end=env._next_window):
+        window_ends.append(env_steps)
+        reads.phase = "window end"
+        try:
+            end()
+        finally:
+            reads.phase = "step"
+
+    monkeypatch.setattr(env, "_next_window", next_window)
     with HostReads() as reads:
-        for _ in range(40):
+        for env_steps in range(1, 2 * env.WINDOW + 1):
             trainer.collect()
             trainer.learn()
-    assert trainer.global_step > 40
-    # only the env's queue of drawn episodes is refilled, every REFILL_EVERY steps, with a read
-    refills = {name for name in reads.by_function if name.endswith(("_refill", "_draw_episodes",
-                                                                      "_place_fixed_walls"))}
-    assert set(reads.by_function) <= refills, dict(reads.by_function)
+    assert trainer.global_step > 2 * env.WINDOW
+    assert len(window_ends) == 2
+    assert reads.reads and {phase for phase, _ in reads.reads} == {"window end"}, reads.reads
 
 
 def test_auto_turns_the_fast_path_on_on_cuda_only_and_graphs_need_cuda():
@@ -103,39 +96,35 @@ def test_a_compiled_segment_gives_the_eager_q_and_gradients():
             torch.testing.assert_close(p_c.grad, p_e.grad, atol=1e-5, rtol=1e-5, msg=name)
 
 
-def _train(*overrides: str) -> Trainer:
-    torch.manual_seed(0)
-    trainer = Trainer(tiny_config("train.total_steps=24", *overrides))
-    trainer.train(progress=False)
-    return trainer
-
-
-def _assert_same_run(fast: Trainer, eager: Trainer, atol: float) -> None:
-    """The same transitions (actions, rewards, observations exactly; z to rounding) and the same
-    weights, to rounding."""
-    n = len(eager.replay)
-    assert len(fast.replay) == n and fast.global_step == eager.global_step
-    for key, value in eager.replay.storage.items():
-        if value.dtype.is_floating_point and key not in ("reward",):
-            torch.testing.assert_close(fast.replay.storage[key][:n], value[:n], atol=atol, rtol=atol)
-        else:
-            assert torch.equal(fast.replay.storage[key][:n], value[:n]), key
-    for (name, p_e), p_f in zip(eager.model.named_parameters(), fast.model.parameters()):
-        torch.testing.assert_close(p_f, p_e, atol=atol, rtol=atol, msg=name)
-    assert fast.last_val == pytest.approx(eager.last_val, nan_ok=True)
-
-
 @needs_compile
 @pytest.mark.slow
 def test_a_short_compiled_run_is_the_eager_run():
-    _assert_same_run(_train("train.compile='on'"), _train("train.compile='off'"), atol=1e-5)
+    """On a CPU the fast path is torch.compile alone (no CUDA graphs)."""
+    check = check_fast_path(torch.device("cpu"), tolerance=1e-5)
+    assert check["ok"], check
+
+
+def test_compare_runs_sees_a_different_action_and_a_moved_weight():
+    runs = []
+    for _ in range(2):
+        torch.manual_seed(0)
+        runs.append(Trainer(load_profile("paper-fourrooms", [*CHECK, "train.device='cpu'"])))
+        runs[-1].train(progress=False)
+    assert compare_runs(*runs) == {"same_transitions": True, "max_z_diff": 0.0, "max_weight_diff": 0.0}
+    runs[0].replay.storage["action"][3] ^= 1
+    with torch.no_grad():
+        next(runs[0].model.parameters())[0] += 0.5
+    diff = compare_runs(*runs)
+    assert not diff["same_transitions"] and diff["max_weight_diff"] == pytest.approx(0.5)
 
 
 @needs_cuda
-@pytest.mark.parametrize("compile", ["off", "on"])
-def test_a_short_cuda_graphed_run_is_the_eager_run(compile):
-    cuda = ["train.device='cuda'", "model.dtype='float32'"]
-    eager = _train(*cuda, "train.compile='off'", "train.cuda_graphs='off'")
-    graphed = _train(*cuda, f"train.compile='{compile}'", "train.cuda_graphs='on'")
-    assert graphed.learn_minibatch.graph is not None and graphed.agent.forward.graph is not None
-    _assert_same_run(graphed, eager, atol=1e-5)
+@pytest.mark.parametrize("compile", [False, True])
+def test_a_short_cuda_graphed_run_is_the_eager_run(compile, monkeypatch):
+    import hrm_agent.bench.train as bench_train
+
+    if not compile:  # CUDA graphs alone
+        monkeypatch.setitem(bench_train.__dict__, "mode_overrides", lambda mode, device: (
+            ["train.compile='off'", f"train.cuda_graphs='{'on' if mode == 'fast' else 'off'}'"]))
+    check = bench_train.check_fast_path(torch.device("cuda"), tolerance=1e-5)
+    assert check["ok"], check

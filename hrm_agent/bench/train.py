@@ -12,7 +12,9 @@ after a warm-up (which includes torch.compile and CUDA-graph capture in the fast
   HRM has 64-wide matmuls and is bound by memory traffic, so this is its roofline; fused code
   moves fewer bytes than it is credited with, so the fast mode's ratio can exceed 1.
 Modes: "eager" (train.compile and train.cuda_graphs off) and "fast" (torch.compile, and CUDA
-graphs on CUDA). The numbers of one device only compare with the same device's.
+graphs on CUDA). With the fast mode it first checks, on a small fp32 run, that the fast path
+trains exactly as the eager one (`fast_path_check`; the GPU job trains fast only if it passes).
+The numbers of one device only compare with the same device's.
 """
 from __future__ import annotations
 
@@ -27,6 +29,12 @@ from hrm_agent.trainer import Trainer
 
 PROFILES = ("cpu-fourrooms", "cpu-maze", "paper-fourrooms", "paper-maze")
 MODES = ("eager", "fast")
+# The equality check: the paper's structure, small, in fp32 (in bf16 compiled and eager kernels
+# round differently, and a flipped greedy action makes two runs diverge).
+CHECK = ["model.hidden_size=32", "model.H_layers=1", "model.L_layers=1", "model.segments=2",
+         "model.dtype='float32'", "env.num_envs=8", "train.batch_size=16",
+         "train.learning_starts=16", "train.total_steps=24", "train.val_episodes=16",
+         "train.val_interval=8", "train.log_interval=4", "train.lr=1e-3", "train.lr_warmup_steps=10"]
 
 
 def mode_overrides(mode: str, device: torch.device) -> list[str]:
@@ -127,6 +135,41 @@ def time_profile(config: ExperimentConfig, seconds: float, min_cycles: int, warm
             "compiled": trainer.compiled, "cuda_graphs": trainer.graphed}
 
 
+def compare_runs(fast: Trainer, eager: Trainer) -> dict:
+    """How far a fast run is from the eager one: the same transitions (actions, rewards,
+    observations, dones) and last validation, and the largest differences in the stored z and
+    in the weights."""
+    n = len(eager.replay)
+    same = len(fast.replay) == n and fast.global_step == eager.global_step
+    z_diff = 0.0
+    for key, value in eager.replay.storage.items():
+        other = fast.replay.storage[key][:n]
+        if key.endswith(("z_H", "z_L")):
+            z_diff = max(z_diff, (other.float() - value[:n].float()).abs().max().item())
+        else:
+            same = same and torch.equal(other, value[:n])
+    weight_diff = max((p_f - p_e).abs().max().item()
+                      for p_f, p_e in zip(fast.model.parameters(), eager.model.parameters()))
+    same_val = {k: v for k, v in fast.last_val.items() if v == v} == {
+        k: v for k, v in eager.last_val.items() if v == v}  # (NaN != NaN)
+    return {"same_transitions": same and same_val, "max_z_diff": z_diff,
+            "max_weight_diff": weight_diff}
+
+
+def check_fast_path(device: torch.device, tolerance: float = 1e-4) -> dict:
+    """Train the CHECK run eagerly and on the fast path from the same seeds and compare."""
+    runs = {}
+    for mode in MODES:
+        torch.manual_seed(0)
+        runs[mode] = Trainer(load_profile("paper-fourrooms", [
+            *CHECK, f"train.device='{device.type}'", *mode_overrides(mode, device)]))
+        runs[mode].train(progress=False)
+    result = compare_runs(runs["fast"], runs["eager"])
+    result["ok"] = (result["same_transitions"] and result["max_z_diff"] <= tolerance
+                    and result["max_weight_diff"] <= tolerance)
+    return result
+
+
 def run(quick: bool = False, profiles: list[str] | None = None, modes: list[str] | None = None
         ) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -134,6 +177,8 @@ def run(quick: bool = False, profiles: list[str] | None = None, modes: list[str]
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "threads": torch.get_num_threads(),
               "copy_GBps": round(copy, 1)}
+    if "fast" in (modes or MODES):
+        result["fast_path_check"] = check_fast_path(device)
     for name in profiles or PROFILES:
         paper = name.startswith("paper")
         base = load_profile(name, [f"train.device='{device.type}'", *mode_overrides("eager", device)])

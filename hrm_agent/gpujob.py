@@ -5,7 +5,8 @@ with the machine's own python3 (torch, numpy and tqdm are all it needs), does in
 1. report: GPU, torch, triton, and whether triton has a C compiler;
 2. smoke: a few optimizer steps of the paper profile in a subprocess (eager), then
    `bench train --quick` on paper-fourrooms and paper-maze, eager and fast (torch.compile +
-   CUDA graphs); the fast path is kept only if it runs and is faster;
+   CUDA graphs); the fast path is kept only if it runs, trains a small fp32 run exactly as
+   the eager path does, and is faster;
 3. the queue, in priority order (`RUNS`): each an ordinary `hrm_agent train` run in a local
    work folder, `--parallel` at a time, resumed from `--from` when that holds its checkpoint,
    and stopped by SIGTERM at its wall-clock deadline (the trainer then checkpoints at once); a
@@ -246,7 +247,12 @@ class Job:
         if not bench["ok"]:
             self.log("fast path not measured, training eager")
             return False
-        row = bench["result"]["paper-fourrooms"]
+        result = bench["result"]
+        if not result["fast_path_check"]["ok"]:
+            self.log("the fast path does not train as the eager one does, training eager: "
+                     + json.dumps(result["fast_path_check"]))
+            return False
+        row = result["paper-fourrooms"]
         faster = row["fast"]["optimizer_steps_per_s"] > row["eager"]["optimizer_steps_per_s"]
         self.log(f"paper-fourrooms: eager {row['eager']['optimizer_steps_per_s']:.1f}, fast "
                  f"{row['fast']['optimizer_steps_per_s']:.1f} optimizer steps/s; training "

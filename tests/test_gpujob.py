@@ -139,3 +139,28 @@ TINY_JOB = ["model.hidden_size=32", "model.H_layers=1", "model.L_layers=1", "mod
             "model.segments=2", "env.num_envs=8", "train.batch_size=16",
             "train.learning_starts=16", "train.total_steps=8", "train.val_episodes=4",
             "train.device='cpu'"]
+
+
+@pytest.mark.parametrize("bench, expected", [
+    ({"ok": False, "reason": "timed out after 300 s"}, False),
+    ({"ok": True, "result": {"fast_path_check": {"ok": False},
+                             "paper-fourrooms": {"eager": {"optimizer_steps_per_s": 40.0},
+                                                 "fast": {"optimizer_steps_per_s": 300.0}}}}, False),
+    ({"ok": True, "result": {"fast_path_check": {"ok": True},
+                             "paper-fourrooms": {"eager": {"optimizer_steps_per_s": 40.0},
+                                                 "fast": {"optimizer_steps_per_s": 30.0}}}}, False),
+    ({"ok": True, "result": {"fast_path_check": {"ok": True},
+                             "paper-fourrooms": {"eager": {"optimizer_steps_per_s": 40.0},
+                                                 "fast": {"optimizer_steps_per_s": 300.0}}}}, True),
+], ids=["bench failed", "not equal to eager", "slower", "equal and faster"])
+def test_auto_trains_fast_only_if_the_benchmark_finds_it_equal_and_faster(tmp_path, monkeypatch,
+                                                                          bench, expected):
+    from hrm_agent.gpujob import Job
+
+    (tmp_path / "out").mkdir()
+    job = Job(tmp_path / "out", tmp_path / "work", ["fourrooms-carry-z"], minutes=1.0, parallel=1,
+              carried=None, toy=True, fast="auto", device="cpu")
+    monkeypatch.setattr(job, "smoke", lambda: {"ok": True, "wall_s": 1.0, "optimizer_steps_per_s": 40.0})
+    monkeypatch.setattr(job, "benchmark", lambda: bench)
+    assert job.choose_fast() is expected
+    assert job.info["bench"] is bench

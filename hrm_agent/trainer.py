@@ -11,9 +11,10 @@ One *cycle*:
 Validation, logging and checkpoints happen between cycles, so a checkpoint never holds a
 half-trained minibatch.
 
-The hot loop never reads a tensor back to the host: lr and ε are computed on the device from
-`step_t`, the env resets without data-dependent shapes, and the logged sums stay on the device
-until a log line. So on CUDA the acting forward and the whole learn step (target, 8 forward +
+The hot loop reads nothing back to the host but the env's one read per `WINDOW` (32) steps:
+lr and ε are computed on the device from `step_t`, the optimizers keep their step counts there,
+the env resets without data-dependent shapes, and the logged sums stay on the device until a
+log line. So on CUDA the acting forward and the whole learn step (target, 8 forward +
 backward + optimizer + Polyak steps) can each be replayed as one CUDA graph (`graphs.py`), over
 a torch.compiled segment: `train.compile` and `train.cuda_graphs`, on by default on CUDA. Both
 paths run the same code and compute the same tensors.

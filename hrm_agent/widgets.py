@@ -244,7 +244,7 @@ class PlayWidget:
         self.reset()
 
     def _set_p_change(self, value: float) -> None:
-        self._p_change = self.env.p_change = float(value)  # a plain attribute, read every step
+        self._p_change = self.env.p_change = float(value)  # holds from the next step
 
     def _human_move(self, action: int) -> None:
         self.play.playing = False

@@ -645,3 +645,22 @@ def test_runs_on_cuda(cls):
         successes += int(terminated.sum())
     assert obs.device.type == "cuda" and info["final_obs"].dtype == torch.uint8
     assert successes > 256
+
+
+@pytest.mark.parametrize("cls, kwargs", ENV_KINDS, ids=KIND_IDS)
+def test_a_new_p_change_holds_from_the_next_step_mid_window(cls, kwargs):
+    """Door moves are drawn a window ahead; the play widget's slider must not wait for it."""
+    env = cls(16, seed=0, p_change=0.0, **kwargs)
+    env.reset()
+    for _ in range(5):  # into the window
+        assert not env.step(torch.zeros(16, dtype=torch.long))[4]["doors_changed"].any()
+    env.p_change = 1.0
+    changed = torch.zeros(16, dtype=torch.bool)
+    for _ in range(3):
+        changed |= env.step(torch.zeros(16, dtype=torch.long))[4]["doors_changed"]
+    assert changed.float().mean() > 0.5  # a redraw may land on the same cells now and then
+    env.p_change = 0.0
+    for _ in range(5):
+        assert not env.step(torch.zeros(16, dtype=torch.long))[4]["doors_changed"].any()
+    with pytest.raises(ValueError, match=r"p_change must be a probability in \[0, 1\], got 1.5"):
+        env.p_change = 1.5

@@ -65,15 +65,14 @@ class DynamicDoorsEnv:
         check_int("num_envs", num_envs, minimum=1)
         check_int("max_steps", max_steps, minimum=1)
         check_int("closed_doors", closed_doors, minimum=0)
-        if isinstance(p_change, bool) or not isinstance(p_change, (int, float)) or not 0 <= p_change <= 1:
-            raise ValueError(f"p_change must be a probability in [0, 1], got {p_change!r}")
         if door_redraw not in ("joint", "independent"):
             raise ValueError(f"door_redraw must be 'joint' or 'independent', got {door_redraw!r}")
         if not isinstance(draw_doors_at_reset, bool):
             raise ValueError(f"draw_doors_at_reset must be True or False, got {draw_doors_at_reset!r}")
         self.num_envs = num_envs
         self.device = torch.device(device)
-        self.p_change = float(p_change)
+        self._movers: Tensor | None = None  # see below; set before p_change, which may redraw them
+        self.p_change = p_change
         self.max_steps = max_steps
         self.closed_doors = closed_doors
         self.door_redraw = door_redraw
@@ -102,11 +101,25 @@ class DynamicDoorsEnv:
         self._front = self._unused = self._steps = 0  # _steps: steps into the window
         self._taken = torch.zeros((), dtype=torch.long, device=self.device)
         # per step of the window: the envs with a door move, their Bernoullis, how many they are
-        self._movers: Tensor | None = None  # (WINDOW, most) long
+        # (_movers: (WINDOW, most) long, set by _next_window)
         self._moves: Tensor | None = None  # (WINDOW, most, Bernoullis per env) bool
         self._mover_counts: list[int] = []
 
     # -- public API ---------------------------------------------------------------------------
+    @property
+    def p_change(self) -> float:
+        return self._p_change
+
+    @p_change.setter
+    def p_change(self, value: float) -> None:
+        """A new door probability holds from the next step on (the play widget's slider): the
+        rest of the window's door moves are drawn again, at the cost of one host read."""
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+            raise ValueError(f"p_change must be a probability in [0, 1], got {value!r}")
+        self._p_change = float(value)
+        if self._movers is not None:
+            self._use_door_moves(_to_host(self._draw_door_moves()))
+
     def reset(self, seed: int | None = None) -> Tensor:
         """Start a new episode in every env; (B, seq_len) uint8 first observations.
 
@@ -241,9 +254,8 @@ class DynamicDoorsEnv:
         and refill the queue if fewer than `WINDOW * num_envs` episodes are left (drawing
         at least `MIN_DRAW`, and in the maze syncing in its BFS)."""
         counts = self._draw_door_moves()
-        taken, *self._mover_counts = _to_host(torch.cat([self._taken[None], counts]))
-        most = max(self._mover_counts)
-        self._movers, self._moves = self._movers[:, :most], self._moves[:, :most]
+        taken, *counts = _to_host(torch.cat([self._taken[None], counts]))
+        self._use_door_moves(counts)
         self._front = (self._front + taken) % self._capacity
         self._unused -= taken
         self._taken, self._steps = torch.zeros_like(self._taken), 0
@@ -295,6 +307,12 @@ class DynamicDoorsEnv:
         self._movers = moved.byte().sort(dim=1, descending=True, stable=True).indices
         self._moves = moves.gather(1, self._movers[:, :, None].expand(-1, -1, draws))
         return moved.sum(1)
+
+    def _use_door_moves(self, counts: list[int]) -> None:
+        """Keep the drawn moves, cut to the most envs that move at any step of the window."""
+        self._mover_counts = counts
+        most = max(counts)
+        self._movers, self._moves = self._movers[:, :most], self._moves[:, :most]
 
     def _redraw_doors(self) -> Tensor:
         """Redraw doors after the move; (B,) bool: did the set of closed doors change.

@@ -18,6 +18,8 @@ from typing import Any, Callable
 import torch
 from torch.utils._pytree import tree_map
 
+WARMUP = 3  # eager calls before the capture
+
 
 def _clone(value: Any) -> Any:
     return value.clone() if isinstance(value, torch.Tensor) else value
@@ -28,7 +30,7 @@ class CUDAGraphed:
     `warmup` eager calls. Each call returns fresh tensors (clones of the static outputs), so
     a caller may keep them across calls."""
 
-    def __init__(self, fn: Callable[..., Any], warmup: int = 3):
+    def __init__(self, fn: Callable[..., Any], warmup: int = WARMUP):
         self.fn, self.warmup = fn, warmup
         self.calls = 0
         self.graph: torch.cuda.CUDAGraph | None = None

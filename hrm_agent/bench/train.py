@@ -25,6 +25,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from hrm_agent.experiment import ExperimentConfig, load_profile
+from hrm_agent.graphs import WARMUP
 from hrm_agent.trainer import Trainer
 
 PROFILES = ("cpu-fourrooms", "cpu-maze", "paper-fourrooms", "paper-maze")
@@ -189,7 +190,7 @@ def run(quick: bool = False, profiles: list[str] | None = None, modes: list[str]
             config = load_profile(name, [f"train.device='{device.type}'", *mode_overrides(mode, device)])
             timing = time_profile(config, seconds=2.0 if quick else 20.0,
                                   min_cycles=1 if (quick or paper) else 3,
-                                  warmup=1 if quick else 3)
+                                  warmup=WARMUP + 1)  # past the CUDA-graph capture
             effective = traffic * timing["optimizer_steps_per_s"] / 1e9
             row[mode] = {**timing, "effective_GBps": round(effective, 1),
                          "fraction_of_copy_roofline": round(effective / copy, 3)}

@@ -145,7 +145,8 @@ class TokenInput:
         """Token embeddings (task token first), scaled by sqrt(hidden), in the compute dtype
         (autocast leaves embeddings in fp32): so in bf16 the states z are bf16 too, as the
         authors' are, which halves the memory traffic of the residual stream and of z in
-        replay. (Scaling by sqrt(64) = 8 is exact either side of the cast.)"""
+        replay. (At hidden 64 the scale, 8, is exact on either side of the cast, as the
+        authors cast first.)"""
         check_observations(inputs, self.config.seq_len)
         x = self.embed_tokens(inputs.long())
         if self.task_embedding is not None:

@@ -128,3 +128,26 @@ def test_a_short_cuda_graphed_run_is_the_eager_run(compile, monkeypatch):
             ["train.compile='off'", f"train.cuda_graphs='{'on' if mode == 'fast' else 'off'}'"]))
     check = bench_train.check_fast_path(torch.device("cuda"), tolerance=1e-5)
     assert check["ok"], check
+
+
+@needs_cuda
+def test_training_cycles_do_not_synchronize_on_cuda():
+    """Past the warm-up (compilation, capture), a window of cycles on the fast path with CUDA's
+    sync debug mode set to raise."""
+    trainer = Trainer(tiny_config("train.device='cuda'", "train.learning_starts=64"))
+    assert trainer.compiled and trainer.graphed
+    while len(trainer.replay) < 64:
+        trainer.collect()
+    for _ in range(8):
+        trainer.collect()
+        trainer.learn()
+    while trainer.env._steps:  # to the start of a window
+        trainer.collect()
+        trainer.learn()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(trainer.env.WINDOW - 1):
+            trainer.collect()
+            trainer.learn()
+    finally:
+        torch.cuda.set_sync_debug_mode(0)

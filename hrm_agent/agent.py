@@ -6,6 +6,7 @@ new episode are reset to the init through `episode_start`, the contract recurren
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import torch
@@ -49,7 +50,7 @@ class Agent:
         self.model = model
         self.carry_z = carry_z
         self.seed = model.init_seed(num_envs)
-        self.forward = forward or (lambda obs, z_H, z_L: q_and_seed(model, obs, z_H, z_L))
+        self.forward = forward or functools.partial(q_and_seed, model)
 
     @torch.no_grad()
     def act(self, obs: Tensor, episode_start: Tensor, epsilon: float | Tensor = 0.0,

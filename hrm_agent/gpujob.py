@@ -36,8 +36,8 @@ import torch
 
 from hrm_agent.checkpoint import CheckpointError, config_diff, load_checkpoint, save_checkpoint
 from hrm_agent.experiment import load_profile
-from hrm_agent.trainer import (BEST, CHECKPOINT, EXTENDABLE, METRICS, _better, agent_state,
-                               read_records)
+from hrm_agent.trainer import (BEST, CHECKPOINT, EXTENDABLE, METRICS, PATHS, _better,
+                               agent_state, read_records)
 
 # run name -> (profile, carry_z), in priority order
 RUNS = {"fourrooms-carry-z": ("paper-fourrooms", True), "fourrooms-reset-z": ("paper-fourrooms", False),
@@ -50,9 +50,6 @@ TOY = ["model.hidden_size=32", "model.H_layers=1", "model.L_layers=1", "model.se
        "env.num_envs=8", "env.max_steps=20", "train.batch_size=16", "train.buffer_capacity=4096",
        "train.learning_starts=16", "train.val_episodes=16", "train.val_interval=8",
        "train.checkpoint_interval=8", "train.log_interval=8"]
-# The training path: "on" = torch.compile, plus CUDA graphs on CUDA ("auto"); "off" = eager.
-FAST = {"on": ["train.compile='on'", "train.cuda_graphs='auto'"],
-        "off": ["train.compile='off'", "train.cuda_graphs='off'"]}
 BENCH_TIMEOUT_S = 240
 RETRY_MIN_S = 30  # a run whose fast path fails is retried eagerly if this much time is left
 GRACE_S = 45  # after SIGTERM, how long a run may take to checkpoint before it is killed
@@ -197,7 +194,7 @@ class Job:
         run_dir = self.work / "smoke"
         steps = 16 if self.toy else 48
         overrides = [*run_overrides("fourrooms-carry-z", self.toy), f"train.total_steps={steps}",
-                     "train.log_interval=8", "train.val_interval=100000", *FAST["off"]]
+                     "train.log_interval=8", "train.val_interval=100000", *PATHS["eager"]]
         cmd = train_command(run_dir, "fourrooms-carry-z", False, overrides)
         start = time.monotonic()
         outcome = self.subprocess(cmd, timeout_s=120)
@@ -266,7 +263,7 @@ class Job:
         or written before a failed fast try), else fresh."""
         resume = (run.dir / CHECKPOINT).is_file()
         overrides = ([] if resume else run_overrides(run.name, self.toy))
-        overrides += FAST["on" if fast else "off"]
+        overrides += PATHS["fast" if fast else "eager"]
         cmd = train_command(run.dir, run.name, resume, overrides)
         log = (run.dir / "train.log").open("a")
         run.process = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)

@@ -21,6 +21,7 @@ paths run the same code and compute the same tensors.
 """
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -61,6 +62,12 @@ def resolve_device(name: str) -> torch.device:
     if name == "cuda" and not torch.cuda.is_available():
         raise ValueError("train.device='cuda' but no CUDA device is available; use 'auto' or 'cpu'")
     return torch.device(name)
+
+
+# The two training paths as --set overrides (`bench train`'s modes, `gpu-job --fast`): "fast" is
+# torch.compile plus, on CUDA, CUDA graphs.
+PATHS = {"eager": ["train.compile='off'", "train.cuda_graphs='off'"],
+         "fast": ["train.compile='on'", "train.cuda_graphs='auto'"]}
 
 
 def fast_path(tc: TrainConfig, device: torch.device) -> tuple[bool, bool]:
@@ -126,7 +133,7 @@ class Trainer:
         acting = None
         if self.graphed:
             self.learn_minibatch = CUDAGraphed(self._learn_minibatch)
-            acting = CUDAGraphed(lambda obs, z_H, z_L: q_and_seed(self.model, obs, z_H, z_L))
+            acting = CUDAGraphed(functools.partial(q_and_seed, self.model))
         self.agent = Agent(self.model, self.env.num_envs, tc.carry_z, forward=acting)
         self.obs = self.env.reset(seed=tc.seed)
         self.episode_start = torch.ones(self.env.num_envs, dtype=torch.bool, device=self.device)

@@ -28,4 +28,4 @@ def test_bench_train_reports_rates_shares_and_the_roofline_per_mode(tmp_path):
     assert eager["effective_GBps"] == pytest.approx(
         row["bytes_per_step"] * eager["optimizer_steps_per_s"] / 1e9, abs=0.05)
     with pytest.raises(ValueError, match="unknown bench train mode 'turbo'"):
-        mode_overrides("turbo", torch.device("cpu"))
+        mode_overrides("turbo")

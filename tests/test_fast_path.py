@@ -124,7 +124,7 @@ def test_a_short_cuda_graphed_run_is_the_eager_run(compile, monkeypatch):
     import hrm_agent.bench.train as bench_train
 
     if not compile:  # CUDA graphs alone
-        monkeypatch.setitem(bench_train.__dict__, "mode_overrides", lambda mode, device: (
+        monkeypatch.setitem(bench_train.__dict__, "mode_overrides", lambda mode: (
             ["train.compile='off'", f"train.cuda_graphs='{'on' if mode == 'fast' else 'off'}'"]))
     check = bench_train.check_fast_path(torch.device("cuda"), tolerance=1e-5)
     assert check["ok"], check

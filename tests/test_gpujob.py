@@ -62,7 +62,7 @@ def test_a_run_whose_fast_path_fails_goes_on_eager(tmp_path, monkeypatch):
     import hrm_agent.gpujob as gpujob
 
     # on a CPU, CUDA graphs fail at once with a one-line error (exit 2), like a broken fast path
-    monkeypatch.setitem(gpujob.FAST, "on", ["train.cuda_graphs='on'"])
+    monkeypatch.setitem(gpujob.PATHS, "fast", ["train.cuda_graphs='on'"])
     info = gpu_job(tmp_path / "out", device="cpu", toy=True, minutes=1.25, runs=RUNS[:1],
                    fast="on", work=tmp_path / "work")
     summary = info["runs"][RUNS[0]]

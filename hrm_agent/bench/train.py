@@ -26,7 +26,7 @@ from torch.utils._pytree import tree_leaves
 
 from hrm_agent.experiment import ExperimentConfig, load_profile
 from hrm_agent.graphs import WARMUP
-from hrm_agent.trainer import Trainer
+from hrm_agent.trainer import PATHS, Trainer
 
 PROFILES = ("cpu-fourrooms", "cpu-maze", "paper-fourrooms", "paper-maze")
 MODES = ("eager", "fast")
@@ -38,13 +38,10 @@ CHECK = ["model.hidden_size=32", "model.H_layers=1", "model.L_layers=1", "model.
          "train.val_interval=8", "train.log_interval=4", "train.lr=1e-3", "train.lr_warmup_steps=10"]
 
 
-def mode_overrides(mode: str, device: torch.device) -> list[str]:
+def mode_overrides(mode: str) -> list[str]:
     if mode not in MODES:
         raise ValueError(f"unknown bench train mode {mode!r}; modes: {', '.join(MODES)}")
-    if mode == "eager":
-        return ["train.compile='off'", "train.cuda_graphs='off'"]
-    graphs = "on" if device.type == "cuda" else "off"
-    return ["train.compile='on'", f"train.cuda_graphs='{graphs}'"]
+    return PATHS[mode]
 
 
 def _sync(device: torch.device) -> None:
@@ -167,7 +164,7 @@ def check_fast_path(device: torch.device, tolerance: float = 1e-4) -> dict:
         torch._dynamo.reset()  # (see _ready)
         torch.manual_seed(0)
         runs[mode] = Trainer(load_profile("paper-fourrooms", [
-            *CHECK, f"train.device='{device.type}'", *mode_overrides(mode, device)]))
+            *CHECK, f"train.device='{device.type}'", *mode_overrides(mode)]))
         runs[mode].train(progress=False)
     result = compare_runs(runs["fast"], runs["eager"])
     result["ok"] = (result["same_transitions"] and result["max_z_diff"] <= tolerance
@@ -186,12 +183,12 @@ def run(quick: bool = False, profiles: list[str] | None = None, modes: list[str]
         result["fast_path_check"] = check_fast_path(device)
     for name in profiles or PROFILES:
         paper = name.startswith("paper")
-        base = load_profile(name, [f"train.device='{device.type}'", *mode_overrides("eager", device)])
+        base = load_profile(name, [f"train.device='{device.type}'", *mode_overrides("eager")])
         traffic = bytes_per_step(base)  # eager: compiled code and graph replays bypass the count
         row = {"batch_size": base.train.batch_size, "num_envs": base.env.num_envs,
                "bytes_per_step": traffic}
         for mode in modes or MODES:
-            config = load_profile(name, [f"train.device='{device.type}'", *mode_overrides(mode, device)])
+            config = load_profile(name, [f"train.device='{device.type}'", *mode_overrides(mode)])
             timing = time_profile(config, seconds=2.0 if quick else 20.0,
                                   min_cycles=1 if (quick or paper) else 3,
                                   warmup=WARMUP + 1)  # past the CUDA-graph capture

@@ -213,7 +213,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=8.5, help="wall-clock budget, smoke test included")
     p.add_argument("--runs", help="comma-separated subset, in priority order (default: all four)")
     p.add_argument("--parallel", type=int, default=0,
-                   help="runs at once (default: all on CUDA, one on a CPU)")
+                   help="runs at once; one that ends early hands its place on (default: one "
+                        "on the fast path or a CPU, all on the eager path)")
     p.add_argument("--fast", choices=["auto", "on", "off"], default="auto",
                    help="the fast path (torch.compile + CUDA graphs); auto: if `bench train` "
                         "finds it faster")

@@ -7,9 +7,14 @@ with the machine's own python3 (torch, numpy and tqdm are all it needs), does in
    `bench train --quick` on paper-fourrooms, eager and fast (torch.compile + CUDA graphs); the fast path is kept only if it runs, trains a small fp32 run exactly as
    the eager path does, and is faster;
 3. the queue, in priority order (`RUNS`): each an ordinary `hrm_agent train` run in a local
-   work folder, `--parallel` at a time, resumed from `--from` when that holds its checkpoint,
-   and stopped by SIGTERM at its wall-clock deadline (the trainer then checkpoints at once); a
-   run whose fast path fails is restarted on the eager path from its last checkpoint.
+   work folder, resumed from `--from` when that holds its checkpoint, and stopped by SIGTERM
+   at the window's deadline (the trainer then checkpoints at once). `--parallel` runs go at
+   once; a run that ends early (its total steps done) hands its place to the next. By default
+   that is one at a time on the fast path, so the first unfinished run gets the whole GPU
+   (a CUDA-graphed run keeps the GPU busy by itself, and a GPU time-slices between processes:
+   four at once would each go at a quarter of the speed, and none would be trained first), and
+   all at once on the eager path, where each process leaves the GPU idle between its kernel
+   launches. A run whose fast path fails is restarted on the eager path from its last checkpoint.
 While the runs go, everything that must come back is mirrored into `--out`, each file replaced
 atomically, as at most 8 flat files (the GPU machine's return limits): `<run>.pt` (resumable
 checkpoint, no replay), `metrics.jsonl` (every run's records, tagged with `run`), `best.pt`
@@ -51,7 +56,7 @@ TOY = ["model.hidden_size=32", "model.H_layers=1", "model.L_layers=1", "model.se
        "train.learning_starts=16", "train.val_episodes=16", "train.val_interval=8",
        "train.checkpoint_interval=8", "train.log_interval=8"]
 BENCH_TIMEOUT_S = 240
-RETRY_MIN_S = 30  # a run whose fast path fails is retried eagerly if this much time is left
+MIN_RUN_S = 30  # a run is started, or retried eagerly after its fast path failed, only with this much time left
 GRACE_S = 45  # after SIGTERM, how long a run may take to checkpoint before it is killed
 # (at most a tenth of the budget, and 10 s, so a minute's dry run still trains)
 POLL_S = 2.0
@@ -157,8 +162,6 @@ class Job:
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
         if device == "cpu":
             self.env["CUDA_VISIBLE_DEVICES"] = ""  # a dry run never touches a GPU
-        cores = os.cpu_count() or 1
-        self.env["OMP_NUM_THREADS"] = str(max(1, cores // max(parallel, 1)))
         self.log = Log(out / "job.log")
         self.info: dict[str, Any] = {"report": report(), "minutes": minutes, "parallel": parallel,
                                      "toy": toy, "runs": {}}
@@ -292,7 +295,7 @@ class Job:
         lines = (run.dir / "train.log").read_text().strip().splitlines() or ["no output"]
         run.error = lines[-1][:300]
         self.log(f"{run.name}: failed (exit {code}): {run.error}")
-        if run.fast and run.deadline - now > RETRY_MIN_S:  # the fast path broke: go on eager
+        if run.fast and run.deadline - now > MIN_RUN_S:  # the fast path broke: go on eager
             self.log(f"{run.name}: retrying on the eager path")
             self.launch(run, False, run.deadline)
 
@@ -339,23 +342,29 @@ class Job:
         atomic_write(self.out / "job.json", lambda tmp: tmp.write_text(json.dumps(self.info, indent=1)))
 
     def train(self, fast: bool) -> None:
-        queue = list(self.runs)
-        while queue:
-            wave, queue = queue[: self.parallel], queue[self.parallel:]
-            waves_left = 1 + math.ceil(len(queue) / self.parallel)
-            deadline = time.monotonic() + (self.end - self.grace - time.monotonic()) / waves_left
-            for run in wave:
-                if deadline > time.monotonic():
+        """The queue in `parallel` places, each run until the window's deadline; a run that ends
+        sooner hands its place to the next."""
+        if not self.parallel:  # auto (see the module docstring)
+            self.parallel = 1 if fast or self.device == "cpu" else len(self.runs)
+        self.info["parallel"] = self.parallel
+        self.env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.parallel))
+        queue, deadline = list(self.runs), self.end - self.grace
+        while True:
+            active = [run for run in self.runs if run.state in ("running", "stopping")]
+            while queue and len(active) < self.parallel:
+                run = queue.pop(0)
+                if deadline - time.monotonic() > MIN_RUN_S:
                     self.launch(run, fast, deadline)
+                    active.append(run)
                 else:
                     run.state = "skipped"
                     self.log(f"{run.name}: skipped, no time left in the budget")
-            while any(run.state in ("running", "stopping") for run in wave):
-                time.sleep(POLL_S)
-                for run in wave:
-                    if run.state in ("running", "stopping"):
-                        self.poll(run)
-                self.mirror()
+            if not active:
+                break
+            time.sleep(POLL_S)
+            for run in active:
+                self.poll(run)
+            self.mirror()
         self.mirror()
 
     def run(self) -> dict[str, Any]:
@@ -389,7 +398,8 @@ def gpu_job(out: str | Path, *, minutes: float = 8.5, runs: list[str] | None = N
     if minutes <= 0:
         raise JobError(f"--minutes must be > 0, got {minutes}")
     if parallel < 0:
-        raise JobError(f"--parallel must be >= 0 (0: all runs at once on CUDA, one on a CPU), got {parallel}")
+        raise JobError(f"--parallel must be >= 0 (0: one run at a time on the fast path or a CPU, "
+                       f"all at once on the eager path), got {parallel}")
     if carried is not None and not Path(carried).is_dir():
         raise JobError(f"--from {carried} is not a folder")
     out = Path(out)
@@ -397,7 +407,6 @@ def gpu_job(out: str | Path, *, minutes: float = 8.5, runs: list[str] | None = N
         raise JobError(f"--out {out} is not an empty folder")
     out.mkdir(parents=True, exist_ok=True)
     work = Path(work) if work else Path(tempfile.mkdtemp(prefix="hrm-gpu-job-"))
-    parallel = parallel or (len(runs) if device == "cuda" else 1)
     if fast not in ("auto", "on", "off"):
         raise JobError(f"--fast must be auto, on or off, got {fast!r}")
     if fast == "auto" and device == "cpu":

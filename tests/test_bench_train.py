@@ -11,7 +11,16 @@ def test_traffic_counts_reads_and_writes_of_each_kernel_and_nothing_for_views():
         a.view(10, 10).t()  # views move no data
         assert traffic.bytes == 0
         a + b  # reads a and b, writes the sum
-    assert traffic.bytes == 3 * 100 * 4
+        assert traffic.bytes == 3 * 100 * 4
+        a.add_(b)  # in place: reads a and b, writes a
+    assert traffic.bytes == 6 * 100 * 4
+
+
+def test_traffic_counts_a_batched_matmul_as_its_one_kernel():
+    x, w = torch.ones(4, 8, 16), torch.ones(16, 32)
+    with _Traffic() as traffic:
+        x @ w  # view, mm, then _unsafe_view back to (4, 8, 32): only the mm moves data
+    assert traffic.bytes == (32 * 16 + 16 * 32 + 32 * 32) * 4
 
 
 def test_bench_train_reports_rates_shares_and_the_roofline_per_mode(tmp_path):

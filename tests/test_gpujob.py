@@ -4,6 +4,7 @@ resumes from them after `gpu-import`."""
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -120,6 +121,7 @@ def test_train_evaluate_export_need_neither_gymnasium_nor_matplotlib(tmp_path):
     """The GPU image has torch, numpy and tqdm only: the train path must not import the rest."""
     script = f"""
 import sys
+import time
 for name in ("gymnasium", "matplotlib", "ipywidgets", "PIL", "IPython"):
     sys.modules[name] = None  # importing any of them now raises ImportError
 from hrm_agent.cli import main
@@ -164,3 +166,54 @@ def test_auto_trains_fast_only_if_the_benchmark_finds_it_equal_and_faster(tmp_pa
     monkeypatch.setattr(job, "benchmark", lambda: bench)
     assert job.choose_fast() is expected
     assert job.info["bench"] is bench
+
+
+@pytest.mark.parametrize("fast, together", [(True, False), (False, True)],
+                         ids=["fast: one at a time", "eager: all at once"])
+def test_the_queue_runs_in_priority_order_and_a_finished_run_hands_its_place_on(
+        tmp_path, monkeypatch, fast, together):
+    """By default a graphed run has the GPU to itself, and the first unfinished run gets the
+    whole window; eager runs go all at once. Processes faked: one finishes early (its total
+    steps done), the others train until SIGTERM at the deadline."""
+    import hrm_agent.gpujob as gpujob
+    from hrm_agent.gpujob import Job
+
+    names = ["fourrooms-carry-z", "fourrooms-reset-z", "maze-carry-z"]
+    polls_to_finish = dict(zip(names, [3, 10**9, 10**9]))
+    alive_at_launch = {}
+
+    class Process:
+        live: list = []
+
+        def __init__(self, cmd, **kwargs):
+            self.name, self.pid, self.code = Path(cmd[cmd.index("--out") + 1]).name, 0, None
+            self.polls = polls_to_finish[self.name]
+            alive_at_launch[self.name] = [p.name for p in Process.live if p.code is None]
+            Process.live.append(self)
+
+        def poll(self):
+            self.polls -= 1
+            if self.code is None and self.polls <= 0:
+                self.code = 0
+            return self.code
+
+        def send_signal(self, signum):  # the trainer checkpoints and exits
+            self.code = 0
+
+        kill = send_signal
+
+    monkeypatch.setattr(gpujob.subprocess, "Popen", Process)
+    monkeypatch.setattr(gpujob, "POLL_S", 0.01)
+    monkeypatch.setattr(gpujob, "MIN_RUN_S", 0.0)
+    (tmp_path / "out").mkdir()
+    job = Job(tmp_path / "out", tmp_path / "work", names, minutes=1.0, parallel=0,
+              carried=None, toy=True, fast="auto", device="cuda")
+    job.end, job.grace = time.monotonic() + 0.5, 0.0
+    job.train(fast)
+    states = {run.name: run.state for run in job.runs}
+    if together:
+        assert job.info["parallel"] == 3 and alive_at_launch == dict(zip(names, [[], names[:1], names[:2]]))
+        assert set(states.values()) == {"done"}
+    else:  # the second starts when the first has finished; the third finds no time left
+        assert job.info["parallel"] == 1 and alive_at_launch == dict(zip(names[:2], [[], []]))
+        assert states == dict(zip(names, ["done", "done", "skipped"]))

@@ -72,12 +72,24 @@ class _Traffic(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
-        if func.is_view:  # views, expands, detach: no data moves
+        if not _moves_data(func, (args, kwargs), out):
             return out
         for t in tree_leaves((args, kwargs, out)):
             if isinstance(t, torch.Tensor):
                 self.bytes += t.numel() * t.element_size()
         return out
+
+
+def _moves_data(func, inputs, out) -> bool:
+    """False for views (expand, detach, ...) and for ops such as `_unsafe_view` (after every
+    batched matmul) that return an input's memory without declaring it a view."""
+    if func.is_view:
+        return False
+    if func._schema.is_mutable:  # in-place: returns its input, and reads and writes it
+        return True
+    storages = {t.untyped_storage().data_ptr() for t in tree_leaves(inputs) if isinstance(t, torch.Tensor)}
+    outs = [t for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+    return not outs or any(t.untyped_storage().data_ptr() not in storages for t in outs)
 
 
 def _cycle(trainer: Trainer) -> None:

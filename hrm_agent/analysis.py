@@ -106,13 +106,11 @@ def move_goal(obs: Tensor, seed: int) -> Tensor:
 
 def forward_reset_each_segment(model: QNetwork, inputs: Tensor) -> QOutput:
     """`model(inputs, init, trace=True)` but with z reset to H_init / L_init before every
-    segment. Every segment then sees the same state and input, so all K-1 traced states and Q
-    equal those of a single segment: the policy without recurrence."""
+    segment: the policy without recurrence. Every segment then sees the same state and input,
+    so all K-1 traced states and Q are those of a single segment, which is run once."""
     first = model.carry_from_seed(model.init_seed(inputs.shape[0]))
-    trace = [(first.z_H[:, -1], first.z_L[:, -1])]
-    for _ in range(model.config.segments):
-        carry, q = model.segment(first, inputs)
-        trace.append((carry.z_H[:, -1], carry.z_L[:, -1]))
+    carry, q = model.segment(first, inputs)
+    trace = [(first.z_H[:, -1], first.z_L[:, -1])] + [(carry.z_H[:, -1], carry.z_L[:, -1])] * model.config.segments
     return QOutput(q, model.seed_from_carry(carry),
                    tuple(torch.stack([s[i] for s in trace]).float() for i in range(2)))
 
@@ -372,51 +370,66 @@ def plot_convergence(curves: Sequence[Curve], title: str,
 
 # -- 5. interventions -----------------------------------------------------------------------
 
+INTERVENTIONS = ("reset_each_segment", "move_goal")
+
+
 def intervention_effects(model: QNetwork, env, carry_z: bool, num_envs: int, seed: int,
-                         **kwargs) -> dict[str, float]:
+                         baseline: Rollouts | None = None, **kwargs) -> dict[str, float]:
     """Success rate without intervention and under each intervention, on the same episodes
-    (`kwargs` go to `record_rollouts`)."""
-    return {name or "none": float(record_rollouts(model, env, carry_z=carry_z, num_envs=num_envs, seed=seed,
-                                             intervention=name, **kwargs).success.mean())
-            for name in (None, "reset_each_segment", "move_goal")}
+    (`kwargs` go to `record_rollouts`). `baseline`: the rollouts without intervention of these
+    same arguments when they are already recorded (they are not recorded again)."""
+    def record(intervention):
+        return record_rollouts(model, env, carry_z=carry_z, num_envs=num_envs, seed=seed,
+                               intervention=intervention, **kwargs)
+    baseline = baseline or record(None)
+    return {"none": float(baseline.success.mean()),
+            **{name: float(record(name).success.mean()) for name in INTERVENTIONS}}
 
 
 # -- 6. everything for one environment --------------------------------------------------------
 
 @dataclass
 class Analysis:
-    """Figures 5-7 data for one environment: curves per distance, solved fractions per mode."""
+    """Figures 5-7 data for one environment: curves per distance, solved fractions per mode,
+    and (when asked) the interventions' success rates per "<checkpoint> | eval <mode>"."""
 
     env_name: str
     convergence: list[Curve]
     divergence: list[Curve]
     solved: dict[str, tuple[float, int]]
+    interventions: dict[str, dict[str, float]]
 
     def plot(self, metric: Literal["convergence", "divergence"], path=None):
         return plot_convergence(getattr(self, metric), TITLES[metric, self.env_name], self.solved, path)
 
 
 def analyse(checkpoints: Mapping[str, str | Path], env_name: str, num_envs: int = 1024, seed: int = 0,
-            *, device="cpu", n_boot: int = 1000, **kwargs) -> Analysis:
+            *, device="cpu", n_boot: int = 1000, interventions: bool = False, **kwargs) -> Analysis:
     """Record every checkpoint in both eval modes and pool the samples by eval mode, as the paper
     (one checkpoint trained with Carry Z and one with Reset Z per environment). Both modes of a
-    checkpoint see the same episodes (seed + its index), different checkpoints different ones.
-    Networks without recurrence (the baselines) have no latent state to analyse and are left
-    out. `kwargs` go to `record_rollouts` (p_change, max_steps, paper_trace0)."""
+    checkpoint see the same episodes (seed + its index), different checkpoints different ones;
+    `interventions` reruns those episodes under each intervention. Networks without recurrence
+    (the baselines) have no latent state to analyse and are left out. `kwargs` go to
+    `record_rollouts` (p_change, max_steps, paper_trace0)."""
     from hrm_agent.trainer import load_agent
 
-    agents = [(path, *load_agent(path, device)) for path in checkpoints.values()]
-    agents = [(path, model, config) for path, model, config in agents if model.recurrent]
+    agents = [(name, path, *load_agent(path, device)) for name, path in checkpoints.items()]
+    agents = [agent for agent in agents if agent[2].recurrent]
     if not agents:
         raise ValueError(f"none of {list(checkpoints)} is a recurrent network; nothing to analyse")
     by_mode: dict[str, list[Rollouts]] = {mode: [] for mode in MODES.values()}
-    for i, (path, model, config) in enumerate(agents):
+    effects: dict[str, dict[str, float]] = {}
+    for i, (name, path, model, config) in enumerate(agents):
         if config.env.name != env_name:
             raise ValueError(f"checkpoint {path} was trained on {config.env.name!r}, not {env_name!r}")
         for carry_z, mode in MODES.items():
-            by_mode[mode].append(record_rollouts(model, config.env, carry_z=carry_z, num_envs=num_envs,
-                                                 seed=seed + i, device=device, **kwargs))
+            args = dict(num_envs=num_envs, seed=seed + i, device=device, **kwargs)
+            rollouts = record_rollouts(model, config.env, carry_z=carry_z, **args)
+            by_mode[mode].append(rollouts)
+            if interventions:
+                effects[f"{name} | eval {mode}"] = intervention_effects(
+                    model, config.env, carry_z, baseline=rollouts, **args)
     return Analysis(env_name,
                     median_curves(by_mode, convergence_mse, n_boot=n_boot, seed=seed),
                     median_curves(by_mode, divergence_mse, n_boot=n_boot, seed=seed),
-                    {mode: solved_fraction(group) for mode, group in by_mode.items()})
+                    {mode: solved_fraction(group) for mode, group in by_mode.items()}, effects)

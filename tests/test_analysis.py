@@ -189,8 +189,26 @@ def test_interventions(tiny):
     effects = analysis.intervention_effects(model, cfg.env, True, 3, 3, max_steps=3)
     assert set(effects) == {"none", "reset_each_segment", "move_goal"}
     assert all(0.0 <= v <= 1.0 for v in effects.values())
+    baseline = record_rollouts(model, cfg.env, carry_z=True, num_envs=3, seed=3, max_steps=3)
+    baseline.success[:] = [True, False, False]  # a rollout given is not recorded again
+    given = analysis.intervention_effects(model, cfg.env, True, 3, 3, baseline=baseline, max_steps=3)
+    assert given == {**effects, "none": 1 / 3}
     with pytest.raises(ValueError):
         record(tiny, intervention="nope")
+
+
+def test_reset_each_segment_runs_one_segment_for_all(tiny):
+    """Run once, stated for all: the same as every segment run from the init."""
+    model, cfg = tiny
+    inputs = torch.randint(0, 131, (5, cfg.model.seq_len), dtype=torch.uint8)
+    out = analysis.forward_reset_each_segment(model, inputs)
+    first = model.carry_from_seed(model.init_seed(5))
+    with torch.no_grad():
+        for k in range(1, cfg.model.segments + 1):
+            carry, q = model.segment(first, inputs)
+            assert torch.equal(out.trace[0][k], carry.z_H[:, -1].float())
+            assert torch.equal(out.trace[1][k], carry.z_L[:, -1].float())
+    assert torch.equal(out.q, q) and torch.equal(out.trace[0][0], first.z_H[:, -1].float())
 
 
 def test_analyse_pools_checkpoints_and_plots(tiny, tmp_path):
@@ -199,8 +217,14 @@ def test_analyse_pools_checkpoints_and_plots(tiny, tmp_path):
     for name in ("carry", "reset"):
         paths[name] = save_checkpoint({"config": cfg.to_dict(), "model": model.state_dict()},
                                       tmp_path / f"{name}.pt")
-    result = analysis.analyse(paths, "fourrooms", num_envs=3, seed=0, max_steps=4, n_boot=100)
+    result = analysis.analyse(paths, "fourrooms", num_envs=3, seed=0, max_steps=4, n_boot=100,
+                              interventions=True)
     assert set(result.solved) == {"Carry Z", "Reset Z"} and result.solved["Carry Z"][1] == 6
+    assert list(result.interventions) == [f"{name} | eval {mode}" for name in paths
+                                          for mode in ("Carry Z", "Reset Z")]
+    for label, effects in result.interventions.items():  # on the analysed episodes (seed + i)
+        i, carry_z = list(paths).index(label.split(" | ")[0]), label.endswith("Carry Z")
+        assert effects == analysis.intervention_effects(model, cfg.env, carry_z, 3, i, max_steps=4)
     assert len(result.convergence) == len(result.divergence) == 8
     assert all(c.median[0] == 0 for c in result.divergence if c.n)  # step 1 vs step 1
     for metric in ("convergence", "divergence"):

@@ -217,3 +217,25 @@ def test_the_queue_runs_in_priority_order_and_a_finished_run_hands_its_place_on(
     else:  # the second starts when the first has finished; the third finds no time left
         assert job.info["parallel"] == 1 and alive_at_launch == dict(zip(names[:2], [[], []]))
         assert states == dict(zip(names, ["done", "done", "skipped"]))
+
+
+@pytest.mark.parametrize("device, dtype", [("cuda", "bfloat16"), ("cpu", "auto")])
+def test_an_agent_trained_on_cuda_is_exported_in_the_dtype_it_trained_in(tmp_path, device, dtype):
+    from hrm_agent.trainer import Trainer, load_agent
+    from tests.conftest import tiny_config
+
+    run = "fourrooms-carry-z"
+    agent = Trainer(tiny_config()).agent_state()
+    val = {"kind": "val", "step": 8, "success_rate": 0.5, "mean_episode_length": 9.0}
+    agent["last_val"] = val
+    summary = {"state": "done", "resumed": False, "wall_s": 1.0, "start_step": 0, "step": 8,
+               "optimizer_steps_per_s": 8.0, "last_val": val, "error": ""}
+    src = tmp_path / "out"
+    src.mkdir()
+    (src / "job.json").write_text(json.dumps({"report": {}, "device": device, "runs": {run: summary}}))
+    (src / METRICS).write_text(json.dumps({"run": run, **val}) + "\n")
+    torch.save({"agents": {run: agent}}, src / "best.pt")
+    import_window(src, tmp_path / "gpu-runs", tmp_path / "agents")
+    model, config = load_agent(tmp_path / "agents" / run / "agent.pt")
+    assert config.model.dtype == dtype
+    assert model.compute_dtype() == (torch.bfloat16 if device == "cuda" else torch.float32)

@@ -408,6 +408,11 @@ class Trainer:
         diff = config_diff(stored, self.config.to_dict(), ignore=EXTENDABLE)
         if diff:
             raise CheckpointError(f"{path} was trained with a different config: " + "; ".join(diff))
+        if state["generator"].numel() != self.generator.get_state().numel():
+            raise CheckpointError(f"{path} was written on another kind of device than "
+                                  f"{self.device.type}, and random generators' states do not move "
+                                  "between kinds: resume it on the kind it trained on (its agent "
+                                  "acts anywhere: `hrm_agent export`)")
         device = self.device
         load_module_state(self.model, state["model"], "checkpoint model")
         load_module_state(self.target, state["target"], "checkpoint target")

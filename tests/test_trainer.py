@@ -225,6 +225,15 @@ def test_resume_refuses_a_checkpoint_of_another_config(tmp_path):
         Trainer(tiny_config("train.total_steps=2", "train.lr=2e-3"), tmp_path, resume=True)
 
 
+def test_resume_on_another_kind_of_device_is_refused_in_one_line(tmp_path):
+    Trainer(tiny_config("train.total_steps=2"), tmp_path).train(progress=False)
+    state = load_checkpoint(tmp_path / CHECKPOINT)
+    state["generator"] = torch.zeros(16, dtype=torch.uint8)  # the size of a CUDA (Philox) state
+    save_checkpoint(state, tmp_path / CHECKPOINT)
+    with pytest.raises(CheckpointError, match="written on another kind of device than cpu"):
+        Trainer(tiny_config("train.total_steps=2"), tmp_path, resume=True)
+
+
 def test_a_resumed_run_may_be_extended_and_change_how_it_executes(tmp_path):
     Trainer(tiny_config("train.total_steps=4"), tmp_path).train(progress=False)
     longer = Trainer(tiny_config("train.total_steps=6", "train.max_minutes=30",

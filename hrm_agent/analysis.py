@@ -110,7 +110,8 @@ def forward_reset_each_segment(model: QNetwork, inputs: Tensor) -> QOutput:
     so all K-1 traced states and Q are those of a single segment, which is run once."""
     first = model.carry_from_seed(model.init_seed(inputs.shape[0]))
     carry, q = model.segment(first, inputs)
-    trace = [(first.z_H[:, -1], first.z_L[:, -1])] + [(carry.z_H[:, -1], carry.z_L[:, -1])] * model.config.segments
+    last = (carry.z_H[:, -1], carry.z_L[:, -1])
+    trace = [(first.z_H[:, -1], first.z_L[:, -1])] + [last] * model.config.segments
     return QOutput(q, model.seed_from_carry(carry),
                    tuple(torch.stack([s[i] for s in trace]).float() for i in range(2)))
 
@@ -381,7 +382,8 @@ def intervention_effects(model: QNetwork, env, carry_z: bool, num_envs: int, see
     def record(intervention):
         return record_rollouts(model, env, carry_z=carry_z, num_envs=num_envs, seed=seed,
                                intervention=intervention, **kwargs)
-    baseline = baseline or record(None)
+    if baseline is None:
+        baseline = record(None)
     return {"none": float(baseline.success.mean()),
             **{name: float(record(name).success.mean()) for name in INTERVENTIONS}}
 
@@ -414,7 +416,7 @@ def analyse(checkpoints: Mapping[str, str | Path], env_name: str, num_envs: int 
     from hrm_agent.trainer import load_agent
 
     agents = [(name, path, *load_agent(path, device)) for name, path in checkpoints.items()]
-    agents = [agent for agent in agents if agent[2].recurrent]
+    agents = [(name, path, model, config) for name, path, model, config in agents if model.recurrent]
     if not agents:
         raise ValueError(f"none of {list(checkpoints)} is a recurrent network; nothing to analyse")
     by_mode: dict[str, list[Rollouts]] = {mode: [] for mode in MODES.values()}

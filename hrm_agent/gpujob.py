@@ -56,7 +56,7 @@ TOY = ["model.hidden_size=32", "model.H_layers=1", "model.L_layers=1", "model.se
        "train.learning_starts=16", "train.val_episodes=16", "train.val_interval=8",
        "train.checkpoint_interval=8", "train.log_interval=8"]
 BENCH_TIMEOUT_S = 240
-MIN_RUN_S = 30  # a run is started, or retried eagerly after its fast path failed, only with this much time left
+MIN_RUN_S = 30  # a run starts (or, its fast path failed, restarts eagerly) only with this much time left
 GRACE_S = 45  # after SIGTERM, how long a run may take to checkpoint before it is killed
 # (at most a tenth of the budget, and 10 s, so a minute's dry run still trains)
 POLL_S = 2.0

@@ -41,7 +41,7 @@ import torch
 
 from hrm_agent.checkpoint import CheckpointError, config_diff, load_checkpoint, save_checkpoint
 from hrm_agent.experiment import load_profile
-from hrm_agent.trainer import (BEST, CHECKPOINT, EXTENDABLE, METRICS, PATHS, _better,
+from hrm_agent.trainer import (BEST, CHECKPOINT, CONFIG, EXTENDABLE, METRICS, PATHS, _better,
                                agent_state, read_records)
 
 # run name -> (profile, carry_z), in priority order
@@ -436,9 +436,11 @@ def import_window(src: str | Path, into: str | Path = "pretrained/gpu-runs",
     for name in info["runs"]:
         run_dir = into / name
         run_dir.mkdir(parents=True, exist_ok=True)
-        if (src / f"{name}.pt").is_file():
+        if (src / f"{name}.pt").is_file():  # and its config, as a run folder has (the plots read it)
             shutil.copyfile(src / f"{name}.pt", run_dir / CHECKPOINT)
-            written.append(str(run_dir / CHECKPOINT))
+            config = load_checkpoint(run_dir / CHECKPOINT)["config"]
+            (run_dir / CONFIG).write_text(json.dumps(config, indent=2))
+            written += [str(run_dir / CHECKPOINT), str(run_dir / CONFIG)]
         if name in by_run:  # the full history: a resumed run's file started from the carried one
             (run_dir / METRICS).write_text("".join(json.dumps(r) + "\n" for r in by_run[name]))
             written.append(str(run_dir / METRICS))
@@ -455,7 +457,7 @@ def import_window(src: str | Path, into: str | Path = "pretrained/gpu-runs",
             if info.get("device") == "cuda" and agent["config"]["model"]["dtype"] == "auto":
                 agent["config"]["model"]["dtype"] = "bfloat16"
             save_checkpoint(agent_state(agent), current)
-            (target / "config.json").write_text(json.dumps(agent["config"], indent=2))
+            (target / CONFIG).write_text(json.dumps(agent["config"], indent=2))
             shutil.copyfile(into / name / METRICS, target / METRICS)
             written.append(str(current))
     return written

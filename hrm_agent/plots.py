@@ -15,7 +15,7 @@ from hrm_agent.envs.grid import ACTION_ARROWS
 from hrm_agent.envs.render import plot_grid
 from hrm_agent.envs.stats import POLICY_LABELS
 from hrm_agent.evaluate import NO_SUCCESS, Episodes, interval_stats
-from hrm_agent.trainer import read_records
+from hrm_agent.trainer import CONFIG, read_records
 
 # Okabe-Ito, the colour-blind-safe palette (the paper uses seaborn's "colorblind").
 PALETTE = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
@@ -43,7 +43,7 @@ def _save(fig: Figure, path: str | Path | None) -> Figure:
 
 def trained_with_carry_z(run_dir: str | Path) -> bool:
     """The condition of a run, from the config.json the trainer writes into it."""
-    path = Path(run_dir) / "config.json"
+    path = Path(run_dir) / CONFIG
     if not path.is_file():
         raise FileNotFoundError(f"no config.json in {run_dir}: is it a training run directory?")
     return bool(json.loads(path.read_text())["train"]["carry_z"])

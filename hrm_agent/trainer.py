@@ -48,6 +48,7 @@ from hrm_agent.replay import ReplayBuffer
 from hrm_agent.schedules import linear_schedule, warmup_constant
 
 METRICS = "metrics.jsonl"
+CONFIG = "config.json"  # the run's config, readable without torch (plots, people)
 BEST = "best.pt"  # the exported agent of the best validation so far
 DEFAULT_PROFILE = "cpu-fourrooms"
 # What a resumed run may change: how long it goes on, and how it executes (CPU threads,
@@ -363,7 +364,7 @@ class Trainer:
     def _write_config(self) -> None:
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.json").write_text(json.dumps(self.config.to_dict(), indent=2))
+            (self.out_dir / CONFIG).write_text(json.dumps(self.config.to_dict(), indent=2))
 
     # -- checkpoints ------------------------------------------------------------------------
     def agent_state(self) -> dict[str, Any]:

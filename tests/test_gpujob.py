@@ -12,6 +12,7 @@ import torch
 
 from hrm_agent.cli import main
 from hrm_agent.gpujob import atomic_write, gpu_job, import_window
+from hrm_agent.plots import trained_with_carry_z
 from hrm_agent.trainer import CHECKPOINT, METRICS
 
 RUNS = ["fourrooms-carry-z", "maze-reset-z"]
@@ -45,6 +46,8 @@ def test_dry_run_returns_resumable_runs_and_a_second_window_resumes_them(tmp_pat
     assert len((into / "windows.jsonl").read_text().splitlines()) == 1
     for run in RUNS:
         assert (into / run / CHECKPOINT).is_file() and (agents / run / "agent.pt").is_file()
+        # a run folder as notebook 02 plots it: its config says how it was trained
+        assert trained_with_carry_z(into / run) == run.endswith("carry-z")
 
     info2 = _job(tmp_path / "out2", tmp_path, carried=into)
     for run in RUNS:

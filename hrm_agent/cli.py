@@ -75,7 +75,7 @@ def _gpu_job(args: argparse.Namespace) -> None:
     runs = args.runs.split(",") if args.runs else None
     gpu_job(args.out, minutes=args.minutes, runs=runs, parallel=args.parallel,
             carried=args.carried, device=args.device, toy=args.toy, fast=args.fast,
-            work=args.work)
+            work=args.work, bench_maze=args.bench_maze)
 
 
 def _gpu_import(args: argparse.Namespace) -> None:
@@ -218,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", choices=["auto", "on", "off"], default="auto",
                    help="the fast path (torch.compile + CUDA graphs); auto: if `bench train` "
                         "finds it faster")
+    p.add_argument("--bench-maze", action="store_true",
+                   help="with --fast auto: benchmark paper-maze too (the decision stays "
+                        "paper-fourrooms'); about 2 minutes of the window")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                    help="cpu: a dry run (with --toy, seconds)")
     p.add_argument("--toy", action="store_true", help="tiny model and batches (the CPU dry run)")

@@ -4,8 +4,9 @@
 with the machine's own python3 (torch, numpy and tqdm are all it needs), does in one go:
 1. report: GPU, torch, triton, and whether triton has a C compiler;
 2. smoke: a few optimizer steps of the paper profile in a subprocess (eager), then
-   `bench train --quick` on paper-fourrooms, eager and fast (torch.compile + CUDA graphs); the fast path is kept only if it runs, trains a small fp32 run exactly as
-   the eager path does, and is faster;
+   `bench train --quick` on paper-fourrooms, eager and fast (torch.compile + CUDA graphs);
+   the fast path is kept only if it runs, trains a small fp32 run exactly as the eager path
+   does, and is faster (`--bench-maze`: paper-maze too, for the record, ~2 more minutes);
 3. the queue, in priority order (`RUNS`): each an ordinary `hrm_agent train` run in a local
    work folder, resumed from `--from` when that holds its checkpoint, and stopped by SIGTERM
    at the window's deadline (the trainer then checkpoints at once). `--parallel` runs go at
@@ -153,12 +154,12 @@ class Run:
 
 class Job:
     def __init__(self, out: Path, work: Path, runs: list[str], *, minutes: float, parallel: int,
-                 carried: Path | None, toy: bool, fast: str, device: str):
+                 carried: Path | None, toy: bool, fast: str, device: str, bench_maze: bool = False):
         self.out, self.work, self.toy = out, work, toy
         self.started = time.monotonic()
         self.end = self.started + 60 * minutes
         self.grace = min(GRACE_S, max(10.0, 6 * minutes))
-        self.parallel, self.fast, self.device = parallel, fast, device
+        self.parallel, self.fast, self.device, self.bench_maze = parallel, fast, device, bench_maze
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
         if device == "cpu":
             self.env["CUDA_VISIBLE_DEVICES"] = ""  # a dry run never touches a GPU
@@ -207,12 +208,11 @@ class Job:
                            optimizer_steps_per_s=train[-1]["optimizer_steps_per_s"])
         return outcome
 
-    def benchmark(self) -> dict[str, Any]:
-        """`bench train --quick` on paper-fourrooms, eager and fast, in a subprocess (one
-        profile: each compiles anew, minutes that the runs need more; the runs' own logs give
-        the maze's steps/s)."""
+    def benchmark(self, profile: str) -> dict[str, Any]:
+        """`bench train --quick` on `profile`, eager and fast, in a subprocess (one profile at a
+        time: each compiles anew, minutes that the runs need more)."""
         cmd = [sys.executable, "-m", "hrm_agent", "bench", "train", "--quick", "--json",
-               "--profiles", "paper-fourrooms"]
+               "--profiles", profile]
         outcome = self.subprocess(cmd, timeout_s=BENCH_TIMEOUT_S)
         if outcome["ok"]:
             outcome["result"] = json.loads(outcome.pop("stdout").strip().splitlines()[-1])
@@ -228,9 +228,17 @@ class Job:
             return {"ok": False, "reason": lines[-1][:300]}
         return {"ok": True, "stdout": proc.stdout}
 
+    def measure(self, profile: str, key: str) -> dict[str, Any]:
+        start = time.monotonic()
+        bench = self.info[key] = self.benchmark(profile)
+        self.log(f"bench train {profile} ({time.monotonic() - start:.0f} s): "
+                 + json.dumps(bench.get("result") or bench["reason"]))
+        return bench
+
     def choose_fast(self) -> bool:
         """Whether the runs train on the fast path: `--fast on`/`off`, or (auto) the benchmark's
-        verdict on paper-fourrooms."""
+        verdict on paper-fourrooms (with `--bench-maze`, paper-maze is measured too, for the
+        record)."""
         eager = self.smoke()
         eager.pop("stdout", None)
         self.info["smoke"] = {"eager": eager}
@@ -240,11 +248,9 @@ class Job:
                  f"({eager['wall_s']} s)")
         if self.fast != "auto":  # on: trust it unmeasured (a failing run is retried eagerly)
             return self.fast == "on"
-        start = time.monotonic()
-        bench = self.benchmark()
-        self.info["bench"] = bench
-        self.log(f"bench train ({time.monotonic() - start:.0f} s): "
-                 + json.dumps(bench.get("result") or bench["reason"]))
+        bench = self.measure("paper-fourrooms", "bench")
+        if bench["ok"] and self.bench_maze:
+            self.measure("paper-maze", "bench_maze")
         if not bench["ok"]:
             self.log("fast path not measured, training eager")
             return False
@@ -383,8 +389,8 @@ class Job:
 
 def gpu_job(out: str | Path, *, minutes: float = 8.5, runs: list[str] | None = None,
             parallel: int = 0, carried: str | Path | None = None, device: str = "cuda",
-            toy: bool = False, fast: str = "auto", work: str | Path | None = None
-            ) -> dict[str, Any]:
+            toy: bool = False, fast: str = "auto", work: str | Path | None = None,
+            bench_maze: bool = False) -> dict[str, Any]:
     """Run the job (see the module docstring); returns what `job.json` holds."""
     if device not in ("cuda", "cpu"):
         raise JobError(f"--device must be cuda or cpu, got {device!r}")
@@ -409,10 +415,12 @@ def gpu_job(out: str | Path, *, minutes: float = 8.5, runs: list[str] | None = N
     work = Path(work) if work else Path(tempfile.mkdtemp(prefix="hrm-gpu-job-"))
     if fast not in ("auto", "on", "off"):
         raise JobError(f"--fast must be auto, on or off, got {fast!r}")
+    if bench_maze and fast != "auto":
+        raise JobError(f"--bench-maze measures what --fast auto measures; it cannot go with --fast {fast}")
     if fast == "auto" and device == "cpu":
         fast = "off"  # inductor's C++ compile costs more than a dry run's minutes
     job = Job(out, work, runs, minutes=minutes, parallel=parallel, toy=toy, device=device,
-              carried=Path(carried) if carried else None, fast=fast)
+              carried=Path(carried) if carried else None, fast=fast, bench_maze=bench_maze)
     return job.run()
 
 

@@ -89,6 +89,8 @@ def test_job_input_errors_are_one_line(tmp_path, capsys):
         _job(tmp_path / "used", tmp_path)
     with pytest.raises(ValueError, match="unknown run"):
         gpu_job(tmp_path / "o2", device="cpu", toy=True, runs=["fourrooms"])
+    with pytest.raises(ValueError, match="cannot go with --fast on"):
+        gpu_job(tmp_path / "o3", device="cpu", toy=True, fast="on", bench_maze=True)
 
 
 def test_a_carried_checkpoint_of_another_config_is_refused_before_anything_runs(tmp_path):
@@ -166,9 +168,27 @@ def test_auto_trains_fast_only_if_the_benchmark_finds_it_equal_and_faster(tmp_pa
     job = Job(tmp_path / "out", tmp_path / "work", ["fourrooms-carry-z"], minutes=1.0, parallel=1,
               carried=None, toy=True, fast="auto", device="cpu")
     monkeypatch.setattr(job, "smoke", lambda: {"ok": True, "wall_s": 1.0, "optimizer_steps_per_s": 40.0})
-    monkeypatch.setattr(job, "benchmark", lambda: bench)
+    monkeypatch.setattr(job, "benchmark", lambda profile: bench)
     assert job.choose_fast() is expected
-    assert job.info["bench"] is bench
+    assert job.info["bench"] is bench and "bench_maze" not in job.info
+
+
+def test_bench_maze_measures_the_maze_too_and_the_decision_stays_four_rooms(tmp_path, monkeypatch):
+    from hrm_agent.gpujob import Job
+
+    (tmp_path / "out").mkdir()
+    job = Job(tmp_path / "out", tmp_path / "work", ["fourrooms-carry-z"], minutes=1.0, parallel=1,
+              carried=None, toy=True, fast="auto", device="cpu", bench_maze=True)
+    monkeypatch.setattr(job, "smoke", lambda: {"ok": True, "wall_s": 1.0, "optimizer_steps_per_s": 40.0})
+    rates = {"paper-fourrooms": (40.0, 300.0), "paper-maze": (40.0, 30.0)}  # eager, fast
+    results = {name: {"ok": True, "result": {"fast_path_check": {"ok": True}, name: {
+        "eager": {"optimizer_steps_per_s": eager}, "fast": {"optimizer_steps_per_s": fast}}}}
+        for name, (eager, fast) in rates.items()}
+    asked = []
+    monkeypatch.setattr(job, "benchmark", lambda profile: asked.append(profile) or results[profile])
+    assert job.choose_fast() is True  # the maze's slower fast path does not decide
+    assert asked == ["paper-fourrooms", "paper-maze"]
+    assert job.info["bench"] is results["paper-fourrooms"] and job.info["bench_maze"] is results["paper-maze"]
 
 
 @pytest.mark.parametrize("fast, together", [(True, False), (False, True)],

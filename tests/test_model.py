@@ -443,6 +443,16 @@ def test_default_rope_is_the_paper_one_over_the_flattened_index():
         torch.testing.assert_close(model.rope(x)[:, p], _rotate_pairs(x[:, p], p * inv_freq))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_tables_cast_once_rotate_exactly_as_the_module(dtype):
+    """A segment casts the tables once (`RotaryEmbedding.tables`) instead of in every attention:
+    the same rotation, bit for bit."""
+    model = HRMQNetwork(tiny())
+    x = torch.randn(3, FOURROOMS_LEN + 1, 2, 16).to(dtype)
+    tables = model.rope.tables(dtype)
+    assert tables.cos.dtype == dtype and torch.equal(tables(x), model.rope(x))
+
+
 @pytest.mark.parametrize("kind", ["hrm", "transformer"])
 def test_mean_readout_is_the_mean_over_observation_tokens_without_the_task_token(kind):
     from hrm_agent.models import TransformerConfig, TransformerQNetwork

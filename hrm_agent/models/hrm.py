@@ -239,15 +239,16 @@ class HRMQNetwork(TokenInput, nn.Module):
         """One segment from (z_H, z_L) on embedded input x; only the last L and H updates
         are differentiable. Returns the new z_H, z_L and Q."""
         c = self.config
+        rope = self.rope.tables(x.dtype)
         with torch.no_grad():
             for h in range(c.H_cycles):
                 for l in range(c.L_cycles):
                     if h < c.H_cycles - 1 or l < c.L_cycles - 1:
-                        z_L = self.L_level(z_L, z_H + x, self.rope)
+                        z_L = self.L_level(z_L, z_H + x, rope)
                 if h < c.H_cycles - 1:
-                    z_H = self.H_level(z_H, z_L, self.rope)
-        z_L = self.L_level(z_L, z_H + x, self.rope)
-        z_H = self.H_level(z_H, z_L, self.rope)
+                    z_H = self.H_level(z_H, z_L, rope)
+        z_L = self.L_level(z_L, z_H + x, rope)
+        z_H = self.H_level(z_H, z_L, rope)
         return z_H, z_L, self.read_q(z_H)
 
     def segment(self, carry: Carry, inputs: Tensor, x: Tensor | None = None) -> tuple[Carry, Tensor]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -87,6 +88,24 @@ def grid_angles(head_dim: int, rows: int, cols: int, theta: float, task_token: b
     return torch.cat((torch.outer(row, inv_freq), torch.outer(col, inv_freq)), dim=-1)
 
 
+def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    """Rotate `x` (B, S, heads, head_dim) by the tables (S, head_dim) of `RotaryEmbedding`."""
+    half = x.shape[-1] // 2
+    swapped = torch.cat((x[..., half:], x[..., :half]), dim=-1)
+    return x * cos[:, None, :].to(x.dtype) + swapped * sin[:, None, :].to(x.dtype)
+
+
+class RopeTables(NamedTuple):
+    """The tables already in the compute dtype: a segment casts them once for its ~100 uses,
+    not twice in each attention (eager, every cast is a kernel launch)."""
+
+    cos: Tensor
+    sin: Tensor
+
+    def __call__(self, x: Tensor) -> Tensor:
+        return rotate(x, self.cos, self.sin)
+
+
 class RotaryEmbedding(nn.Module):
     """RoPE tables for fixed per-position angles (positions, head_dim / 2), pair i being
     features (i, i + head_dim / 2) as in HRM's rotate_half; not part of the state dict."""
@@ -101,10 +120,10 @@ class RotaryEmbedding(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """Rotate `x` (B, S, heads, head_dim) by its positions."""
-        half = x.shape[-1] // 2
-        swapped = torch.cat((x[..., half:], x[..., :half]), dim=-1)
-        cos, sin = self.cos[:, None, :].to(x.dtype), self.sin[:, None, :].to(x.dtype)
-        return x * cos + swapped * sin
+        return rotate(x, self.cos, self.sin)
+
+    def tables(self, dtype: torch.dtype) -> RopeTables:
+        return RopeTables(self.cos.to(dtype), self.sin.to(dtype))
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, backend: str) -> Tensor:
@@ -133,7 +152,7 @@ class Attention(nn.Module):
         self.qkv_proj = lecun_linear(hidden_size, 3 * hidden_size)
         self.o_proj = lecun_linear(hidden_size, hidden_size)
 
-    def forward(self, x: Tensor, rope: RotaryEmbedding) -> Tensor:
+    def forward(self, x: Tensor, rope: RotaryEmbedding | RopeTables) -> Tensor:
         b, s, d = x.shape
         q, k, v = self.qkv_proj(x).view(b, s, 3, self.num_heads, self.head_dim).unbind(2)
         out = attention(rope(q), rope(k), v, select_backend(self.backend, x))
@@ -169,7 +188,7 @@ class Block(nn.Module):
         self.self_attn = Attention(hidden_size, num_heads, backend)
         self.mlp = SwiGLU(hidden_size, expansion)
 
-    def forward(self, x: Tensor, rope: RotaryEmbedding) -> Tensor:
+    def forward(self, x: Tensor, rope: RotaryEmbedding | RopeTables) -> Tensor:
         x = rms_norm(x + self.self_attn(x, rope))
         return rms_norm(x + self.mlp(x))
 
@@ -183,7 +202,7 @@ class ReasoningModule(nn.Module):
         self.layers = nn.ModuleList(Block(hidden_size, num_heads, expansion, backend)
                                     for _ in range(num_layers))
 
-    def forward(self, z: Tensor, injection: Tensor, rope: RotaryEmbedding) -> Tensor:
+    def forward(self, z: Tensor, injection: Tensor, rope: RotaryEmbedding | RopeTables) -> Tensor:
         z = z + injection
         for layer in self.layers:
             z = layer(z, rope)

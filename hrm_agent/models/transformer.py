@@ -62,6 +62,7 @@ class TransformerQNetwork(TokenInput, Feedforward):
     def q_values(self, inputs: Tensor) -> Tensor:
         with self._autocast(inputs.device):
             z = self.embed(inputs)
+            rope = self.rope.tables(z.dtype)
             for block in self.blocks:
-                z = block(z, self.rope)
+                z = block(z, rope)
             return self.read_q(z)

@@ -96,8 +96,8 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class RopeTables(NamedTuple):
-    """The tables already in the compute dtype: a segment casts them once for its ~100 uses,
-    not twice in each attention (eager, every cast is a kernel launch)."""
+    """The tables already in the compute dtype: a segment casts them once, not twice in each
+    of its attentions (24 in the paper's HRM; eager, every cast is a kernel launch)."""
 
     cos: Tensor
     sin: Tensor

@@ -96,8 +96,9 @@ def rotate(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
 
 
 class RopeTables(NamedTuple):
-    """The tables already in the compute dtype: a segment casts them once, not twice in each
-    of its attentions (24 in the paper's HRM; eager, every cast is a kernel launch)."""
+    """The tables already in the compute dtype: a segment casts them once instead of in each
+    rotation (4 casts per attention, 24 attentions per segment in the paper's HRM; eager, every
+    cast is a kernel launch)."""
 
     cos: Tensor
     sin: Tensor

@@ -40,8 +40,10 @@ class CUDAGraphed:
     def __call__(self, *args: Any) -> Any:
         if self.graph is None:
             self.calls += 1
-            if self.calls <= self.warmup:
-                return self._on_side_stream(args)
+            if self.calls <= self.warmup:  # on copies laid out as the static inputs will be (a
+                # clone of an expanded view is contiguous), so that torch.compile has compiled
+                # for that layout before the capture, where compiling cannot happen
+                return self._on_side_stream(tree_map(_clone, args))
             self._capture(args)
         else:
             tree_map(lambda dst, src: dst.copy_(src) if isinstance(dst, torch.Tensor) else None,

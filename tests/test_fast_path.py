@@ -11,7 +11,7 @@ import torch
 
 from hrm_agent.bench.train import CHECK, check_fast_path, compare_runs
 from hrm_agent.experiment import load_profile
-from hrm_agent.models.hrm import HRMConfig, HRMQNetwork
+from hrm_agent.models.hrm import HRMConfig, HRMQNetwork, Seed
 from hrm_agent.trainer import Trainer, fast_path
 from tests.conftest import tiny_config
 from tests.host_reads import HostReads
@@ -96,6 +96,27 @@ def test_a_compiled_segment_gives_the_eager_q_and_gradients():
             torch.testing.assert_close(p_c.grad, p_e.grad, atol=1e-5, rtol=1e-5, msg=name)
 
 
+def test_a_compiled_segment_compiles_once_for_initial_and_carried_seeds():
+    """The init seed is an expanded view, a carried one is not; the carry built from either has
+    one memory layout, so the segment is not compiled again for it (and a CUDA graph, whose
+    static inputs are contiguous copies, meets the layout its warm-up compiled)."""
+    from torch._dynamo.testing import CompileCounter
+
+    config = HRMConfig(seq_len=9, hidden_size=16, num_heads=2, H_layers=1, L_layers=1,
+                       H_cycles=1, L_cycles=2, segments=3, dtype="float32")
+    model, counter = HRMQNetwork(config), CompileCounter()
+    torch._dynamo.reset()
+    model.compile(backend=counter)
+    x = torch.randint(0, 131, (4, 9))
+    with torch.no_grad():
+        out = model(x, model.init_seed(4))  # the first segment's carry, then the others'
+        compiled = counter.frame_count
+        model(x, out.seed)
+        model(x, Seed(out.seed.z_H.clone(), out.seed.z_L.clone()))
+    assert compiled == 2 and counter.frame_count == compiled
+    torch._dynamo.reset()
+
+
 @needs_compile
 @pytest.mark.slow
 def test_a_short_compiled_run_is_the_eager_run():
@@ -120,13 +141,15 @@ def test_compare_runs_sees_a_different_action_and_a_moved_weight():
 
 @needs_cuda
 @pytest.mark.parametrize("compile", [False, True])
-def test_a_short_cuda_graphed_run_is_the_eager_run(compile, monkeypatch):
+@pytest.mark.parametrize("carry_z", [True, False])  # Reset Z acts from the (expanded) init seed
+def test_a_short_cuda_graphed_run_is_the_eager_run(compile, carry_z, monkeypatch):
     import hrm_agent.bench.train as bench_train
 
     if not compile:  # CUDA graphs alone
         monkeypatch.setitem(bench_train.__dict__, "mode_overrides", lambda mode: (
             ["train.compile='off'", f"train.cuda_graphs='{'on' if mode == 'fast' else 'off'}'"]))
-    check = bench_train.check_fast_path(torch.device("cuda"), tolerance=1e-5)
+    check = bench_train.check_fast_path(torch.device("cuda"), tolerance=1e-5,
+                                        overrides=(f"train.carry_z={str(carry_z).lower()}",))
     assert check["ok"], check
 
 

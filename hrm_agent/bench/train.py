@@ -169,14 +169,16 @@ def compare_runs(fast: Trainer, eager: Trainer) -> dict:
             "max_weight_diff": weight_diff}
 
 
-def check_fast_path(device: torch.device, tolerance: float = 1e-4) -> dict:
-    """Train the CHECK run eagerly and on the fast path from the same seeds and compare."""
+def check_fast_path(device: torch.device, tolerance: float = 1e-4,
+                    overrides: tuple[str, ...] = ()) -> dict:
+    """Train the CHECK run (Carry Z; `overrides` change it) eagerly and on the fast path from
+    the same seeds and compare."""
     runs = {}
     for mode in MODES:
         torch._dynamo.reset()  # (see _ready)
         torch.manual_seed(0)
         runs[mode] = Trainer(load_profile("paper-fourrooms", [
-            *CHECK, f"train.device='{device.type}'", *mode_overrides(mode)]))
+            *CHECK, *overrides, f"train.device='{device.type}'", *mode_overrides(mode)]))
         runs[mode].train(progress=False)
     result = compare_runs(runs["fast"], runs["eager"])
     result["ok"] = (result["same_transitions"] and result["max_z_diff"] <= tolerance

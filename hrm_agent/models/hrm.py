@@ -223,11 +223,13 @@ class HRMQNetwork(TokenInput, nn.Module):
         return Seed(torch.where(mask, init.z_H, seed.z_H), torch.where(mask, init.z_L, seed.z_L))
 
     def carry_from_seed(self, seed: Seed) -> Carry:
-        """Broadcast a seed to every position (a full-carry seed already is one)."""
+        """Broadcast a seed to every position (a full-carry seed already is one). The init seed
+        is an expanded view and a carried one is not: made contiguous first, both give a carry
+        of one memory layout, which a compiled segment then compiles once for."""
         if seed.z_H.dim() == 3:
-            return Carry(seed.z_H, seed.z_L)
+            return Carry(seed.z_H.contiguous(), seed.z_L.contiguous())
         shape = (seed.z_H.shape[0], self.config.positions, seed.z_H.shape[-1])
-        return Carry(seed.z_H[:, None].expand(shape), seed.z_L[:, None].expand(shape))
+        return Carry(*(z.contiguous()[:, None].expand(shape) for z in seed))
 
     def seed_from_carry(self, carry: Carry) -> Seed:
         if self.config.carry == "full":

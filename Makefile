@@ -17,7 +17,7 @@ PAPERMILL := $(BIN)/papermill --cwd notebooks -k python3 --no-progress-bar
 # Extra papermill arguments for `make figures`, e.g. FIGURE_ARGS="-p num_envs 1024".
 FIGURE_ARGS ?=
 
-.PHONY: setup test figures notebooks pretrained bench clean
+.PHONY: setup test test-cuda figures notebooks pretrained bench clean
 
 setup: $(VENV)/.installed
 
@@ -40,6 +40,13 @@ $(VENV)/.installed: pyproject.toml
 # Unit tests, then every notebook through nbval (stored outputs from `make notebooks`).
 test: setup
 	$(BIN)/python -m pytest
+
+# The CUDA-only tests (skipped on a CPU) with the machine's own $(PYTHON), torch and pytest: no
+# venv and no notebook plugins, as on a lent GPU machine (`make test` runs them too where the
+# venv's torch has CUDA).
+CUDA_TESTS := tests/test_fast_path.py tests/test_envs.py tests/test_model.py tests/test_trainer.py
+test-cuda:
+	$(PYTHON) -m pytest -o addopts="" -p no:cacheprovider -ra -k cuda $(CUDA_TESTS)
 
 # The main job: run every notebook in order at CPU-sized defaults; executed copies go to
 # build/notebooks/, figures to figures/.

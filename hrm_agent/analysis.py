@@ -424,8 +424,8 @@ def analyse(checkpoints: Mapping[str, str | Path], env_name: str, num_envs: int 
     for i, (name, path, model, config) in enumerate(agents):
         if config.env.name != env_name:
             raise ValueError(f"checkpoint {path} was trained on {config.env.name!r}, not {env_name!r}")
+        args = dict(num_envs=num_envs, seed=seed + i, device=device, **kwargs)
         for carry_z, mode in MODES.items():
-            args = dict(num_envs=num_envs, seed=seed + i, device=device, **kwargs)
             rollouts = record_rollouts(model, config.env, carry_z=carry_z, **args)
             by_mode[mode].append(rollouts)
             if interventions:

@@ -43,7 +43,7 @@ import torch
 from hrm_agent.checkpoint import CheckpointError, config_diff, load_checkpoint, save_checkpoint
 from hrm_agent.experiment import load_profile
 from hrm_agent.trainer import (BEST, CHECKPOINT, CONFIG, EXTENDABLE, METRICS, PATHS, _better,
-                               agent_state, read_records)
+                               agent_state, read_records, write_config)
 
 # run name -> (profile, carry_z), in priority order
 RUNS = {"fourrooms-carry-z": ("paper-fourrooms", True), "fourrooms-reset-z": ("paper-fourrooms", False),
@@ -446,8 +446,7 @@ def import_window(src: str | Path, into: str | Path = "pretrained/gpu-runs",
         run_dir.mkdir(parents=True, exist_ok=True)
         if (src / f"{name}.pt").is_file():  # and its config, as a run folder has (the plots read it)
             shutil.copyfile(src / f"{name}.pt", run_dir / CHECKPOINT)
-            config = load_checkpoint(run_dir / CHECKPOINT)["config"]
-            (run_dir / CONFIG).write_text(json.dumps(config, indent=2))
+            write_config(run_dir, load_checkpoint(run_dir / CHECKPOINT)["config"])
             written += [str(run_dir / CHECKPOINT), str(run_dir / CONFIG)]
         if name in by_run:  # the full history: a resumed run's file started from the carried one
             (run_dir / METRICS).write_text("".join(json.dumps(r) + "\n" for r in by_run[name]))
@@ -465,7 +464,7 @@ def import_window(src: str | Path, into: str | Path = "pretrained/gpu-runs",
             if info.get("device") == "cuda" and agent["config"]["model"]["dtype"] == "auto":
                 agent["config"]["model"]["dtype"] = "bfloat16"
             save_checkpoint(agent_state(agent), current)
-            (target / CONFIG).write_text(json.dumps(agent["config"], indent=2))
+            write_config(target, agent["config"])
             shutil.copyfile(into / name / METRICS, target / METRICS)
             written.append(str(current))
     return written

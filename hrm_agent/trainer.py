@@ -364,7 +364,7 @@ class Trainer:
     def _write_config(self) -> None:
         if self.out_dir is not None:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / CONFIG).write_text(json.dumps(self.config.to_dict(), indent=2))
+            write_config(self.out_dir, self.config.to_dict())
 
     # -- checkpoints ------------------------------------------------------------------------
     def agent_state(self) -> dict[str, Any]:
@@ -553,6 +553,11 @@ def load_agent(path: str | Path, device="cpu") -> tuple[QNetwork, ExperimentConf
     load_module_state(model, state["model"], f"model in {path}")
     model.eval()
     return model, config
+
+
+def write_config(directory: Path, config: dict[str, Any]) -> None:
+    """A run's (or an exported agent's) config as `directory/CONFIG`."""
+    (directory / CONFIG).write_text(json.dumps(config, indent=2))
 
 
 def agent_state(state: dict[str, Any]) -> dict[str, Any]:

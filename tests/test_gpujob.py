@@ -148,6 +148,17 @@ TINY_JOB = ["model.hidden_size=32", "model.H_layers=1", "model.L_layers=1", "mod
             "train.device='cpu'"]
 
 
+def _auto_job(tmp_path, monkeypatch, **kwargs):
+    """A `--fast auto` job whose smoke test passes (the benchmark is the test's to fake)."""
+    from hrm_agent.gpujob import Job
+
+    (tmp_path / "out").mkdir()
+    job = Job(tmp_path / "out", tmp_path / "work", ["fourrooms-carry-z"], minutes=1.0, parallel=1,
+              carried=None, toy=True, fast="auto", device="cpu", **kwargs)
+    monkeypatch.setattr(job, "smoke", lambda: {"ok": True, "wall_s": 1.0, "optimizer_steps_per_s": 40.0})
+    return job
+
+
 @pytest.mark.parametrize("bench, expected", [
     ({"ok": False, "reason": "timed out after 300 s"}, False),
     ({"ok": True, "result": {"fast_path_check": {"ok": False},
@@ -162,24 +173,14 @@ TINY_JOB = ["model.hidden_size=32", "model.H_layers=1", "model.L_layers=1", "mod
 ], ids=["bench failed", "not equal to eager", "slower", "equal and faster"])
 def test_auto_trains_fast_only_if_the_benchmark_finds_it_equal_and_faster(tmp_path, monkeypatch,
                                                                           bench, expected):
-    from hrm_agent.gpujob import Job
-
-    (tmp_path / "out").mkdir()
-    job = Job(tmp_path / "out", tmp_path / "work", ["fourrooms-carry-z"], minutes=1.0, parallel=1,
-              carried=None, toy=True, fast="auto", device="cpu")
-    monkeypatch.setattr(job, "smoke", lambda: {"ok": True, "wall_s": 1.0, "optimizer_steps_per_s": 40.0})
+    job = _auto_job(tmp_path, monkeypatch)
     monkeypatch.setattr(job, "benchmark", lambda profile: bench)
     assert job.choose_fast() is expected
     assert job.info["bench"] is bench and "bench_maze" not in job.info
 
 
 def test_bench_maze_measures_the_maze_too_and_the_decision_stays_four_rooms(tmp_path, monkeypatch):
-    from hrm_agent.gpujob import Job
-
-    (tmp_path / "out").mkdir()
-    job = Job(tmp_path / "out", tmp_path / "work", ["fourrooms-carry-z"], minutes=1.0, parallel=1,
-              carried=None, toy=True, fast="auto", device="cpu", bench_maze=True)
-    monkeypatch.setattr(job, "smoke", lambda: {"ok": True, "wall_s": 1.0, "optimizer_steps_per_s": 40.0})
+    job = _auto_job(tmp_path, monkeypatch, bench_maze=True)
     rates = {"paper-fourrooms": (40.0, 300.0), "paper-maze": (40.0, 30.0)}  # eager, fast
     results = {name: {"ok": True, "result": {"fast_path_check": {"ok": True}, name: {
         "eager": {"optimizer_steps_per_s": eager}, "fast": {"optimizer_steps_per_s": fast}}}}

@@ -2,7 +2,9 @@
 import pytest
 import torch
 
-from hrm_agent.bench.train import _Traffic, mode_overrides, run
+from hrm_agent.bench.train import _ready, _Traffic, kernel_profile, mode_overrides, run
+from hrm_agent.experiment import load_profile
+from hrm_agent.graphs import CUDAGraphed
 
 
 def test_traffic_counts_reads_and_writes_of_each_kernel_and_nothing_for_views():
@@ -23,10 +25,13 @@ def test_traffic_counts_a_batched_matmul_as_its_one_kernel():
     assert traffic.bytes == (32 * 16 + 16 * 32 + 32 * 32) * 4
 
 
+TINY = ('[env]\nnum_envs = 8\n[model]\nhidden_size = 32\nH_layers = 1\nL_layers = 1\n'
+        'segments = 2\n[train]\nbatch_size = 16\nlearning_starts = 16\n')
+
+
 def test_bench_train_reports_rates_shares_and_the_roofline_per_mode(tmp_path):
     profile = tmp_path / "tiny.toml"
-    profile.write_text('[env]\nnum_envs = 8\n[model]\nhidden_size = 32\nH_layers = 1\n'
-                       'L_layers = 1\nsegments = 2\n[train]\nbatch_size = 16\nlearning_starts = 16\n')
+    profile.write_text(TINY)
     result = run(quick=True, profiles=[str(profile)], modes=["eager"])
     row = result[str(profile)]
     assert result["device"] == "cpu" and result["copy_GBps"] > 0
@@ -36,5 +41,34 @@ def test_bench_train_reports_rates_shares_and_the_roofline_per_mode(tmp_path):
     assert 0 < eager["share_outside_model"] < 1 and not eager["compiled"]
     assert eager["effective_GBps"] == pytest.approx(
         row["bytes_per_step"] * eager["optimizer_steps_per_s"] / 1e9, abs=0.05)
+    kernels = eager["kernels"]
+    times = [row["ms_per_step"] for row in kernels["top"]]
+    assert kernels["ms_per_step"] > 0 and 0 < kernels["busy"] < 2
+    assert times == sorted(times, reverse=True) and sum(times) <= kernels["ms_per_step"]
+    assert "aten::mm" in [row["name"] for row in kernels["top"]]
     with pytest.raises(ValueError, match="unknown bench train mode 'turbo'"):
         mode_overrides("turbo")
+
+
+def test_the_kernel_profile_counts_per_optimizer_step(tmp_path):
+    profile = tmp_path / "tiny.toml"
+    profile.write_text(TINY)
+    trainer = _ready(load_profile(str(profile), ["train.compile='off'"]))
+    kernels = kernel_profile(trainer, wall_ms_per_step=1e3, cycles=3, top=10_000)
+    calls = {row["name"]: row["calls_per_step"] for row in kernels["top"]}
+    # atan2 runs in AdamATan2 only, once per optimizer step and parameter it updates
+    trained = sum(p.grad is not None for group in trainer.optimizer.param_groups
+                  for p in group["params"])
+    assert calls["aten::atan2"] == trained > 0
+    assert kernels["busy"] == pytest.approx(kernels["ms_per_step"] / 1e3, abs=1e-3)
+    assert sum(row["share"] for row in kernels["top"]) == pytest.approx(1, abs=1e-3)
+
+
+def test_a_graphed_trainer_is_profiled_on_the_functions_its_graphs_captured(tmp_path):
+    profile = tmp_path / "tiny.toml"
+    profile.write_text(TINY)
+    trainer = _ready(load_profile(str(profile), ["train.compile='off'"]))
+    graphed = trainer.learn_minibatch = CUDAGraphed(trainer.learn_minibatch)  # never called here
+    kernels = kernel_profile(trainer, wall_ms_per_step=1e3, top=10_000)
+    assert graphed.calls == 0 and trainer.learn_minibatch is graphed
+    assert "aten::atan2" in [row["name"] for row in kernels["top"]]  # the learn step ran

@@ -74,10 +74,13 @@ def test_auto_turns_the_fast_path_on_on_cuda_only_and_graphs_need_cuda():
 
 @needs_compile
 @pytest.mark.slow
-def test_a_compiled_segment_gives_the_eager_q_and_gradients():
-    """One segment, fp32: the 8-segment recurrence would amplify rounding ~5x per segment."""
+@pytest.mark.parametrize("attn_backend", ["auto", "math"])
+def test_a_compiled_segment_gives_the_eager_q_and_gradients(attn_backend):
+    """One segment, fp32: the 8-segment recurrence would amplify rounding ~5x per segment.
+    Compiled explicit-math attention stays explicit math (inductor would rewrite it to SDPA)."""
     config = HRMConfig(seq_len=9, hidden_size=16, num_heads=2, H_layers=2, L_layers=2,
-                       H_cycles=2, L_cycles=2, segments=1, dtype="float32")
+                       H_cycles=2, L_cycles=2, segments=1, dtype="float32",
+                       attn_backend=attn_backend)
     torch.manual_seed(0)
     eager, compiled = HRMQNetwork(config), HRMQNetwork(config)
     compiled.load_state_dict(eager.state_dict())
@@ -85,7 +88,10 @@ def test_a_compiled_segment_gives_the_eager_q_and_gradients():
     x = torch.randint(0, 131, (4, 9))
     carry = eager.carry_from_seed(eager.init_seed(4))
     c_e, q_e = eager.segment(carry, x)
-    c_c, q_c = compiled.segment(carry, x)
+    with torch.profiler.profile() as prof:
+        c_c, q_c = compiled.segment(carry, x)
+    sdpa = any("scaled_dot_product" in e.key for e in prof.key_averages())
+    assert sdpa == (attn_backend != "math")
     torch.testing.assert_close(q_c, q_e, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(c_c.z_H, c_e.z_H, atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(c_c.z_L, c_e.z_L, atol=1e-5, rtol=1e-5)

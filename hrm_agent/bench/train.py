@@ -6,6 +6,13 @@ after a warm-up (which includes torch.compile and CUDA-graph capture in the fast
 - optimizer steps/s and env steps/s (timed without the stopwatch, so nothing syncs);
 - the share of wall time outside the model (env stepping, replay, bookkeeping), from a second,
   shorter timing with the stopwatch on;
+- `kernels`: where the time goes, from the torch profiler over two cycles: per optimizer step,
+  the device's busy time (CUDA kernels and copies; on a CPU the aten ops' own time), `busy` =
+  that over the unprofiled wall time (well below 1 when the device waits for launches or
+  Python), and the `top` kernels by time. A graphed trainer is profiled with its graphs
+  unrolled: the captured functions called directly, which launch the same compiled kernels one
+  by one, so no profiler ever watches a graph replay (CUPTI and CUDA graphs have a history of
+  crashes and hangs together);
 - `bytes_per_step`: what the eager kernels of one cycle read and write, per optimizer step (every
   aten op's inputs and outputs, counted once on an eager trainer), and `effective_GBps` = that x
   steps/s, against `copy_GBps`, a measured device-to-device copy (read + write). The paper's
@@ -19,13 +26,17 @@ The numbers of one device only compare with the same device's.
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
+from typing import Iterator
 
 import torch
+from torch.autograd import DeviceType
+from torch.profiler import ProfilerActivity
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from hrm_agent.experiment import ExperimentConfig, load_profile
-from hrm_agent.graphs import WARMUP
+from hrm_agent.graphs import WARMUP, CUDAGraphed
 from hrm_agent.trainer import PATHS, Trainer
 
 PROFILES = ("cpu-fourrooms", "cpu-maze", "paper-fourrooms", "paper-maze")
@@ -143,9 +154,64 @@ def time_profile(config: ExperimentConfig, seconds: float, min_cycles: int, warm
             _cycle(trainer)
     parts = trainer.stopwatch.seconds
     model = parts.get("act", 0.0) + parts.get("learn", 0.0)
+    trainer.stopwatch.enabled = False
     return {**rates, "share_outside_model": 1.0 - model / parts["total"],
             "seconds": {k: round(v, 3) for k, v in parts.items()},
-            "compiled": trainer.compiled, "cuda_graphs": trainer.graphed}
+            "compiled": trainer.compiled, "cuda_graphs": trainer.graphed,
+            "kernels": _kernels_or_error(trainer, 1e3 / rates["optimizer_steps_per_s"])}
+
+
+@contextmanager
+def _graphs_unrolled(trainer: Trainer) -> Iterator[None]:
+    """While inside, the trainer's CUDA-graphed calls run the functions they captured."""
+    saved = {(owner, name): getattr(owner, name)
+             for owner, name in ((trainer, "learn_minibatch"), (trainer.agent, "forward"))}
+    for (owner, name), call in saved.items():
+        if isinstance(call, CUDAGraphed):
+            setattr(owner, name, call.fn)
+    try:
+        yield
+    finally:
+        for (owner, name), call in saved.items():
+            setattr(owner, name, call)
+
+
+def _kernels_or_error(trainer: Trainer, wall_ms_per_step: float) -> dict:
+    """The kernel profile, or the error that stopped it: a diagnostic must not cost the GPU job
+    the benchmark that decides its path (profilers depend on the machine's CUPTI)."""
+    try:
+        return kernel_profile(trainer, wall_ms_per_step)
+    except Exception as error:  # noqa: BLE001 (reported, not hidden)
+        return {"error": f"{type(error).__name__}: {error}"[:300]}
+
+
+def kernel_profile(trainer: Trainer, wall_ms_per_step: float, cycles: int = 2,
+                   top: int = 10) -> dict:
+    """Per optimizer step of `cycles` profiled cycles: the device's busy milliseconds (CUDA
+    kernels and copies, or a CPU's aten ops' own time), `busy` = those over `wall_ms_per_step`
+    (timed unprofiled), and the `top` kernels by time, with calls and share of the busy time."""
+    cuda = trainer.device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    kind = DeviceType.CUDA if cuda else DeviceType.CPU
+    step0 = trainer.global_step
+    with _graphs_unrolled(trainer), torch.profiler.profile(activities=activities) as prof:
+        for _ in range(cycles):
+            _cycle(trainer)
+        _sync(trainer.device)
+    steps = trainer.global_step - step0
+
+    def own_us(event) -> float:
+        return event.self_device_time_total if cuda else event.self_cpu_time_total
+
+    events = sorted((e for e in prof.key_averages() if e.device_type == kind and own_us(e) > 0),
+                    key=own_us, reverse=True)
+    busy_us = sum(own_us(e) for e in events)
+    ms = busy_us / 1e3 / steps
+    return {"ms_per_step": round(ms, 3), "busy": round(ms / wall_ms_per_step, 3),
+            "graphs_unrolled": trainer.graphed,
+            "top": [{"name": e.key[:100], "calls_per_step": round(e.count / steps, 2),
+                     "ms_per_step": round(own_us(e) / 1e3 / steps, 4),
+                     "share": round(own_us(e) / busy_us, 4)} for e in events[:top]]}
 
 
 def compare_runs(fast: Trainer, eager: Trainer) -> dict:

@@ -30,8 +30,9 @@ from torch import Tensor, nn
 
 from hrm_agent.config import require
 from hrm_agent.models.base import Carry, QOutput, Seed, check_observations
-from hrm_agent.models.layers import (BACKENDS, ReasoningModule, RotaryEmbedding, grid_angles,
-                                     lecun_linear, select_backend, sequence_angles, trunc_normal_)
+from hrm_agent.models.layers import (BACKENDS, ReasoningModule, RotaryEmbedding, compile_kwargs,
+                                     grid_angles, lecun_linear, select_backend, sequence_angles,
+                                     trunc_normal_)
 
 VOCAB_SIZE = 131  # paper-notes §1.5: the ASCII codes the observations use, 0..130
 
@@ -187,7 +188,7 @@ class HRMQNetwork(TokenInput, nn.Module):
     def compile(self, **kwargs) -> None:
         """torch.compile one segment (what acting, targets and training all loop over), not
         `forward`, so the 8-segment loop stays in Python and compiles once, not per length."""
-        self._segment_fn = torch.compile(self._segment, **kwargs)
+        self._segment_fn = torch.compile(self._segment, **compile_kwargs(self.config.attn_backend, kwargs))
 
     # -- bookkeeping --------------------------------------------------------------------------
     def num_parameters(self) -> int:

@@ -14,7 +14,7 @@ from torch import Tensor, nn
 from hrm_agent.config import require
 from hrm_agent.models.base import Feedforward
 from hrm_agent.models.hrm import VOCAB_SIZE, TokenInput, check_blocks
-from hrm_agent.models.layers import Block, lecun_linear
+from hrm_agent.models.layers import Block, compile_kwargs, lecun_linear
 
 
 @dataclass(frozen=True)
@@ -58,6 +58,9 @@ class TransformerQNetwork(TokenInput, Feedforward):
         self.blocks = nn.ModuleList(Block(c.hidden_size, c.num_heads, c.expansion, c.attn_backend)
                                     for _ in range(c.layers))
         self.lm_head = lecun_linear(c.hidden_size, c.num_actions)
+
+    def compile(self, **kwargs) -> None:
+        super().compile(**compile_kwargs(self.config.attn_backend, kwargs))
 
     def q_values(self, inputs: Tensor) -> Tensor:
         with self._autocast(inputs.device):

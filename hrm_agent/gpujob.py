@@ -40,6 +40,7 @@ from typing import Any
 
 import torch
 
+from hrm_agent.bench.train import last_partial
 from hrm_agent.checkpoint import CheckpointError, config_diff, load_checkpoint, save_checkpoint
 from hrm_agent.experiment import load_profile
 from hrm_agent.trainer import (BEST, CHECKPOINT, CONFIG, EXTENDABLE, METRICS, PATHS, _better,
@@ -56,7 +57,10 @@ TOY = ["model.hidden_size=32", "model.H_layers=1", "model.L_layers=1", "model.se
        "env.num_envs=8", "env.max_steps=20", "train.batch_size=16", "train.buffer_capacity=4096",
        "train.learning_starts=16", "train.val_episodes=16", "train.val_interval=8",
        "train.checkpoint_interval=8", "train.log_interval=8"]
-BENCH_TIMEOUT_S = 240
+# `bench train --quick` of one paper profile compiles it cold (the paper segment took ~80 s on a
+# 2-core CPU), after the small fast-path check: minutes. A bench stopped here loses its verdict
+# (the runs train eager) and keeps only the measurements it finished (`last_partial`).
+BENCH_TIMEOUT_S = 360
 MIN_RUN_S = 30  # a run starts (or, its fast path failed, restarts eagerly) only with this much time left
 GRACE_S = 45  # after SIGTERM, how long a run may take to checkpoint before it is killed
 # (at most a tenth of the budget, and 10 s, so a minute's dry run still trains)
@@ -202,6 +206,7 @@ class Job:
         cmd = train_command(run_dir, "fourrooms-carry-z", False, overrides)
         start = time.monotonic()
         outcome = self.subprocess(cmd, timeout_s=120)
+        outcome.pop("stderr", None)
         if outcome["ok"]:
             train = [r for r in read_records(run_dir / METRICS)[0] if r["kind"] == "train"]
             outcome.update(wall_s=round(time.monotonic() - start, 1),
@@ -216,23 +221,28 @@ class Job:
         outcome = self.subprocess(cmd, timeout_s=BENCH_TIMEOUT_S)
         if outcome["ok"]:
             outcome["result"] = json.loads(outcome.pop("stdout").strip().splitlines()[-1])
+        else:
+            partial = last_partial(outcome.pop("stderr"))
+            if partial:
+                outcome["partial"] = partial
         return outcome
 
     def subprocess(self, cmd: list[str], timeout_s: float) -> dict[str, Any]:
+        """Run `cmd`: {"ok", "stdout"} or {"ok": False, "reason", "stderr" (what it wrote)}."""
         try:
             proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            return {"ok": False, "reason": f"timed out after {timeout_s:.0f} s"}
+        except subprocess.TimeoutExpired as error:
+            return {"ok": False, "reason": f"timed out after {timeout_s:.0f} s", "stderr": error.stderr}
         if proc.returncode:
             lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
-            return {"ok": False, "reason": lines[-1][:300]}
+            return {"ok": False, "reason": lines[-1][:300], "stderr": proc.stderr}
         return {"ok": True, "stdout": proc.stdout}
 
     def measure(self, profile: str, key: str) -> dict[str, Any]:
         start = time.monotonic()
         bench = self.info[key] = self.benchmark(profile)
         self.log(f"bench train {profile} ({time.monotonic() - start:.0f} s): "
-                 + json.dumps(bench.get("result") or bench["reason"]))
+                 + json.dumps(bench.get("result") or [bench["reason"], bench.get("partial")]))
         return bench
 
     def choose_fast(self) -> bool:

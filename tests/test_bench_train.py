@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from hrm_agent.bench.train import _ready, _Traffic, kernel_profile, mode_overrides, run
+from hrm_agent.bench.train import _ready, _Traffic, kernel_profile, last_partial, mode_overrides, run
 from hrm_agent.experiment import load_profile
 from hrm_agent.graphs import CUDAGraphed
 
@@ -29,10 +29,11 @@ TINY = ('[env]\nnum_envs = 8\n[model]\nhidden_size = 32\nH_layers = 1\nL_layers 
         'segments = 2\n[train]\nbatch_size = 16\nlearning_starts = 16\n')
 
 
-def test_bench_train_reports_rates_shares_and_the_roofline_per_mode(tmp_path):
+def test_bench_train_reports_rates_shares_and_the_roofline_per_mode(tmp_path, capsys):
     profile = tmp_path / "tiny.toml"
     profile.write_text(TINY)
     result = run(quick=True, profiles=[str(profile)], modes=["eager"])
+    assert last_partial(capsys.readouterr().err) == result  # the last result so far is all of it
     row = result[str(profile)]
     assert result["device"] == "cpu" and result["copy_GBps"] > 0
     assert row["bytes_per_step"] > 0 and "fast" not in row

@@ -179,6 +179,24 @@ def test_auto_trains_fast_only_if_the_benchmark_finds_it_equal_and_faster(tmp_pa
     assert job.info["bench"] is bench and "bench_maze" not in job.info
 
 
+def test_a_bench_stopped_by_its_timeout_keeps_what_it_measured(tmp_path, monkeypatch):
+    from hrm_agent import gpujob
+    from hrm_agent.bench.train import PARTIAL
+
+    job = _auto_job(tmp_path, monkeypatch)
+    measured = {"fast_path_check": {"ok": True}, "paper-fourrooms": {"eager": {"optimizer_steps_per_s": 40.0}}}
+    stderr = f"compiling\n{PARTIAL}{{}}\n{PARTIAL}{json.dumps(measured)}\nstill compiling\n"
+
+    def timeout(cmd, **kwargs):  # as subprocess.run gives it: bytes, whatever `text` says
+        raise gpujob.subprocess.TimeoutExpired(cmd, kwargs["timeout"], stderr=stderr.encode())
+
+    monkeypatch.setattr(gpujob.subprocess, "run", timeout)
+    assert job.choose_fast() is False  # no verdict: the runs train eager
+    bench = job.info["bench"]
+    assert bench == {"ok": False, "reason": f"timed out after {gpujob.BENCH_TIMEOUT_S} s",
+                     "partial": measured}
+
+
 def test_bench_maze_measures_the_maze_too_and_the_decision_stays_four_rooms(tmp_path, monkeypatch):
     job = _auto_job(tmp_path, monkeypatch, bench_maze=True)
     rates = {"paper-fourrooms": (40.0, 300.0), "paper-maze": (40.0, 30.0)}  # eager, fast

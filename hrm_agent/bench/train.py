@@ -6,13 +6,13 @@ after a warm-up (which includes torch.compile and CUDA-graph capture in the fast
 - optimizer steps/s and env steps/s (timed without the stopwatch, so nothing syncs);
 - the share of wall time outside the model (env stepping, replay, bookkeeping), from a second,
   shorter timing with the stopwatch on;
-- `kernels`: where the time goes, from the torch profiler over two cycles: per optimizer step,
-  the device's busy time (CUDA kernels and copies; on a CPU the aten ops' own time), `busy` =
-  that over the unprofiled wall time (well below 1 when the device waits for launches or
-  Python), and the `top` kernels by time. A graphed trainer is profiled with its graphs
-  unrolled: the captured functions called directly, which launch the same compiled kernels one
-  by one, so no profiler ever watches a graph replay (CUPTI and CUDA graphs have a history of
-  crashes and hangs together);
+- `kernels`: where the time goes, from the torch profiler over two cycles (one with --quick):
+  per optimizer step, the device's busy time (CUDA kernels and copies; on a CPU the aten ops'
+  own time), `busy` = that over the unprofiled wall time (well below 1 when the device waits
+  for launches or Python), and the `top` kernels by time. A graphed trainer is profiled with
+  its graphs unrolled: the captured functions called directly, which launch the same compiled
+  kernels one by one, so no profiler ever watches a graph replay (CUPTI and CUDA graphs have a
+  history of crashes and hangs together);
 - `bytes_per_step`: what the eager kernels of one cycle read and write, per optimizer step (every
   aten op's inputs and outputs, counted once on an eager trainer), and `effective_GBps` = that x
   steps/s, against `copy_GBps`, a measured device-to-device copy (read + write). The paper's
@@ -21,10 +21,13 @@ after a warm-up (which includes torch.compile and CUDA-graph capture in the fast
 Modes: "eager" (train.compile and train.cuda_graphs off) and "fast" (torch.compile, and CUDA
 graphs on CUDA). With the fast mode it first checks, on a small fp32 run, that the fast path
 trains exactly as the eager one (`fast_path_check`; the GPU job trains fast only if it passes).
-The numbers of one device only compare with the same device's.
+After each measurement the result so far goes to stderr (`PARTIAL`), for a caller that may
+have to stop the bench. The numbers of one device only compare with the same device's.
 """
 from __future__ import annotations
 
+import json
+import sys
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -130,7 +133,8 @@ def bytes_per_step(config: ExperimentConfig) -> float:
     return traffic.bytes / config.model.segments
 
 
-def time_profile(config: ExperimentConfig, seconds: float, min_cycles: int, warmup: int) -> dict:
+def time_profile(config: ExperimentConfig, seconds: float, min_cycles: int, warmup: int,
+                 profile_cycles: int = 2) -> dict:
     trainer = _ready(config)
     for _ in range(warmup):  # compilation, CUDA-graph capture
         _cycle(trainer)
@@ -158,7 +162,8 @@ def time_profile(config: ExperimentConfig, seconds: float, min_cycles: int, warm
     return {**rates, "share_outside_model": 1.0 - model / parts["total"],
             "seconds": {k: round(v, 3) for k, v in parts.items()},
             "compiled": trainer.compiled, "cuda_graphs": trainer.graphed,
-            "kernels": _kernels_or_error(trainer, 1e3 / rates["optimizer_steps_per_s"])}
+            "kernels": _kernels_or_error(trainer, 1e3 / rates["optimizer_steps_per_s"],
+                                         profile_cycles)}
 
 
 @contextmanager
@@ -176,11 +181,11 @@ def _graphs_unrolled(trainer: Trainer) -> Iterator[None]:
             setattr(owner, name, call)
 
 
-def _kernels_or_error(trainer: Trainer, wall_ms_per_step: float) -> dict:
+def _kernels_or_error(trainer: Trainer, wall_ms_per_step: float, cycles: int) -> dict:
     """The kernel profile, or the error that stopped it: a diagnostic must not cost the GPU job
     the benchmark that decides its path (profilers depend on the machine's CUPTI)."""
     try:
-        return kernel_profile(trainer, wall_ms_per_step)
+        return kernel_profile(trainer, wall_ms_per_step, cycles)
     except Exception as error:  # noqa: BLE001 (reported, not hidden)
         return {"error": f"{type(error).__name__}: {error}"[:300]}
 
@@ -252,6 +257,22 @@ def check_fast_path(device: torch.device, tolerance: float = 1e-4,
     return result
 
 
+PARTIAL = "bench train, so far: "  # stderr lines: the result after each measurement
+
+
+def _so_far(result: dict) -> None:
+    """The result so far on stderr, so a caller that must stop the bench keeps what it measured."""
+    print(PARTIAL + json.dumps(result), file=sys.stderr, flush=True)
+
+
+def last_partial(stderr: str | bytes | None) -> dict | None:
+    """The last result-so-far a bench wrote to `stderr`, if any."""
+    if isinstance(stderr, bytes):
+        stderr = stderr.decode(errors="replace")
+    lines = [line for line in (stderr or "").splitlines() if line.startswith(PARTIAL)]
+    return json.loads(lines[-1][len(PARTIAL):]) if lines else None
+
+
 def run(quick: bool = False, profiles: list[str] | None = None, modes: list[str] | None = None
         ) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -261,19 +282,21 @@ def run(quick: bool = False, profiles: list[str] | None = None, modes: list[str]
               "copy_GBps": round(copy, 1)}
     if "fast" in (modes or MODES):
         result["fast_path_check"] = check_fast_path(device)
+        _so_far(result)
     for name in profiles or PROFILES:
         paper = name.startswith("paper")
         base = load_profile(name, [f"train.device='{device.type}'", *mode_overrides("eager")])
         traffic = bytes_per_step(base)  # eager: compiled code and graph replays bypass the count
-        row = {"batch_size": base.train.batch_size, "num_envs": base.env.num_envs,
-               "bytes_per_step": traffic}
+        row = result[name] = {"batch_size": base.train.batch_size, "num_envs": base.env.num_envs,
+                              "bytes_per_step": traffic}
         for mode in modes or MODES:
             config = load_profile(name, [f"train.device='{device.type}'", *mode_overrides(mode)])
             timing = time_profile(config, seconds=2.0 if quick else 20.0,
                                   min_cycles=1 if (quick or paper) else 3,
-                                  warmup=WARMUP + 1)  # past the CUDA-graph capture
+                                  warmup=WARMUP + 1,  # past the CUDA-graph capture
+                                  profile_cycles=1 if quick else 2)
             effective = traffic * timing["optimizer_steps_per_s"] / 1e9
             row[mode] = {**timing, "effective_GBps": round(effective, 1),
                          "fraction_of_copy_roofline": round(effective / copy, 3)}
-        result[name] = row
+            _so_far(result)
     return result

@@ -514,4 +514,44 @@ def history_markdown(into: str | Path) -> str:
     gpus = sorted({w["report"].get("gpu", "CPU (dry run)") for w in windows})
     lines += ["", f"Devices: {', '.join(gpus)}. Windows: "
               + ", ".join(f"{w['date']} ({w.get('wall_s', 0) / 60:.1f} min)" for w in windows) + "."]
-    return "\n".join(lines) + "\n"
+    return "\n".join(lines + bench_markdown(windows)) + "\n"
+
+
+def bench_markdown(windows: list[dict[str, Any]]) -> list[str]:
+    """The windows' `bench train --quick` results (for a bench stopped by its timeout, what it
+    had measured), and the busiest kernels of the last fast path profiled."""
+    rows, busiest = [], None
+    for w in windows:
+        for bench in (w.get(key) for key in ("bench", "bench_maze")):
+            result = bench and (bench.get("result") or bench.get("partial"))
+            if not result:
+                continue
+            stopped = "" if bench["ok"] else f" (stopped: {bench['reason']})"
+            check = {True: "ok", False: "FAILED"}.get(result.get("fast_path_check", {}).get("ok"), "-")
+            for profile in (key for key in result if key.startswith("paper-")):
+                eager, fast = (result[profile].get(mode, {}) for mode in ("eager", "fast"))
+                rows.append(_bench_row([w["date"], result["device"], profile + stopped], eager, fast, check))
+                if fast.get("kernels", {}).get("top"):
+                    busiest = (w["date"], profile, fast["kernels"])
+    if not rows:
+        return []
+    lines = ["", "## Training speed (`bench train --quick`, run by each window's job)", "",
+             "| window | device | profile | eager optimizer steps/s | fast | fast / eager "
+             "| fast GB/s (of the copy roofline) | fast: device busy | fast path check |",
+             "|---|---|---|---|---|---|---|---|---|", *rows]
+    if busiest:
+        date, profile, kernels = busiest
+        lines += ["", f"Busiest kernels of the fast path, {profile}, {date} "
+                  f"({kernels['ms_per_step']} ms of kernel time per optimizer step):", "",
+                  "| kernel | calls per step | ms per step | share |", "|---|---|---|---|"]
+        lines += [f"| `{k['name']}` | {k['calls_per_step']} | {k['ms_per_step']} | {k['share']:.1%} |"
+                  for k in kernels["top"]]
+    return lines
+
+
+def _bench_row(cells: list[str], eager: dict, fast: dict, check: str) -> str:
+    e, f = eager.get("optimizer_steps_per_s"), fast.get("optimizer_steps_per_s")
+    cells += [f"{e:.1f}" if e else "-", f"{f:.1f}" if f else "-", f"{f / e:.1f}x" if e and f else "-",
+              f"{fast['effective_GBps']} ({fast['fraction_of_copy_roofline']:.2f})" if f else "-",
+              str(fast.get("kernels", {}).get("busy", "-")), check]
+    return "| " + " | ".join(cells) + " |"

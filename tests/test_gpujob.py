@@ -197,6 +197,31 @@ def test_a_bench_stopped_by_its_timeout_keeps_what_it_measured(tmp_path, monkeyp
                      "partial": measured}
 
 
+def test_the_runs_readme_reports_each_windows_bench_and_the_busiest_fast_kernels():
+    from hrm_agent.gpujob import bench_markdown
+
+    kernels = {"ms_per_step": 3.2, "busy": 0.8, "top": [
+        {"name": "triton_fused_rms_norm", "calls_per_step": 88.0, "ms_per_step": 1.1, "share": 0.34}]}
+    fast = {"optimizer_steps_per_s": 260.0, "effective_GBps": 1500.0,
+            "fraction_of_copy_roofline": 0.6, "kernels": kernels}
+    windows = [
+        {"date": "2026-12-01", "bench": {"ok": True, "result": {
+            "device": "NVIDIA H100", "fast_path_check": {"ok": True},
+            "paper-fourrooms": {"eager": {"optimizer_steps_per_s": 40.0}, "fast": fast}}}},
+        {"date": "2026-12-02", "bench": {"ok": False, "reason": "timed out after 360 s", "partial": {
+            "device": "NVIDIA H200", "fast_path_check": {"ok": False},
+            "paper-fourrooms": {"eager": {"optimizer_steps_per_s": 45.0}}}}},
+        {"date": "2026-12-03", "bench": {"ok": False, "reason": "no output"}},  # nothing measured
+    ]
+    text = "\n".join(bench_markdown(windows))
+    assert "| 2026-12-01 | NVIDIA H100 | paper-fourrooms | 40.0 | 260.0 | 6.5x | 1500.0 (0.60) | 0.8 | ok |" in text
+    assert ("| 2026-12-02 | NVIDIA H200 | paper-fourrooms (stopped: timed out after 360 s) | 45.0 | - "
+            "| - | - | - | FAILED |") in text
+    assert "2026-12-03" not in text
+    assert "| `triton_fused_rms_norm` | 88.0 | 1.1 | 34.0% |" in text
+    assert bench_markdown([{"date": "2026-12-04"}]) == []  # a window that ran no bench
+
+
 def test_bench_maze_measures_the_maze_too_and_the_decision_stays_four_rooms(tmp_path, monkeypatch):
     job = _auto_job(tmp_path, monkeypatch, bench_maze=True)
     rates = {"paper-fourrooms": (40.0, 300.0), "paper-maze": (40.0, 30.0)}  # eager, fast

@@ -232,7 +232,8 @@ class Job:
         try:
             proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout_s)
         except subprocess.TimeoutExpired as error:
-            return {"ok": False, "reason": f"timed out after {timeout_s:.0f} s", "stderr": error.stderr}
+            return {"ok": False, "reason": f"timed out after {timeout_s:.0f} s",
+                    "stderr": error.stderr}
         if proc.returncode:
             lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
             return {"ok": False, "reason": lines[-1][:300], "stderr": proc.stderr}
@@ -527,10 +528,12 @@ def bench_markdown(windows: list[dict[str, Any]]) -> list[str]:
             if not result:
                 continue
             stopped = "" if bench["ok"] else f" (stopped: {bench['reason']})"
-            check = {True: "ok", False: "FAILED"}.get(result.get("fast_path_check", {}).get("ok"), "-")
+            checked = result.get("fast_path_check", {}).get("ok")
+            check = {True: "ok", False: "FAILED"}.get(checked, "-")
             for profile in (key for key in result if key.startswith("paper-")):
                 eager, fast = (result[profile].get(mode, {}) for mode in ("eager", "fast"))
-                rows.append(_bench_row([w["date"], result["device"], profile + stopped], eager, fast, check))
+                cells = [w["date"], result["device"], profile + stopped]
+                rows.append(_bench_row(cells, eager, fast, check))
                 if fast.get("kernels", {}).get("top"):
                     busiest = (w["date"], profile, fast["kernels"])
     if not rows:
@@ -551,7 +554,8 @@ def bench_markdown(windows: list[dict[str, Any]]) -> list[str]:
 
 def _bench_row(cells: list[str], eager: dict, fast: dict, check: str) -> str:
     e, f = eager.get("optimizer_steps_per_s"), fast.get("optimizer_steps_per_s")
-    cells += [f"{e:.1f}" if e else "-", f"{f:.1f}" if f else "-", f"{f / e:.1f}x" if e and f else "-",
+    cells += [f"{e:.1f}" if e else "-", f"{f:.1f}" if f else "-",
+              f"{f / e:.1f}x" if e and f else "-",
               f"{fast['effective_GBps']} ({fast['fraction_of_copy_roofline']:.2f})" if f else "-",
               str(fast.get("kernels", {}).get("busy", "-")), check]
     return "| " + " | ".join(cells) + " |"

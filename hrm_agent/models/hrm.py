@@ -188,7 +188,8 @@ class HRMQNetwork(TokenInput, nn.Module):
     def compile(self, **kwargs) -> None:
         """torch.compile one segment (what acting, targets and training all loop over), not
         `forward`, so the 8-segment loop stays in Python and compiles once, not per length."""
-        self._segment_fn = torch.compile(self._segment, **compile_kwargs(self.config.attn_backend, kwargs))
+        kwargs = compile_kwargs(self.config.attn_backend, kwargs)
+        self._segment_fn = torch.compile(self._segment, **kwargs)
 
     # -- bookkeeping --------------------------------------------------------------------------
     def num_parameters(self) -> int:

@@ -66,8 +66,8 @@ def compile_kwargs(attn_backend: str, kwargs: dict) -> dict:
     """torch.compile's arguments for a network whose attention is `attn_backend`: under "math",
     inductor's pattern matcher is off. It would rewrite the explicit math into SDPA, the kernel
     that "math" is chosen to avoid: on a 2-core CPU in bf16 that rewrite made compiled training
-    slower than eager (cpu-fourrooms 10.7 vs 11.1 optimizer steps/s), and without it compiled
-    training is 1.6x faster (17.5). Only inductor takes these options."""
+    slower than eager, and without it compiled training is 1.7x faster (docs/measurements.md).
+    Only inductor takes these options."""
     if attn_backend == "math" and kwargs.get("backend", "inductor") == "inductor":
         return {**kwargs, "options": {"pattern_matcher": False, **kwargs.get("options", {})}}
     return kwargs

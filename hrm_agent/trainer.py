@@ -118,7 +118,8 @@ class Trainer:
         self.target = build_model(config.model).to(self.device)  # independently initialised, as the authors
         if tc.target_init == "copy":
             self.target.load_state_dict(self.model.state_dict())
-        self.target.requires_grad_(False)
+        # The target only runs under no_grad; its parameters keep requires_grad as the online
+        # net's, so that a compiled no-grad segment is one variant for both (dynamo guards on it).
         self.optimizer, self.task_optimizer = make_optimizers(
             self.model, lr=tc.lr, weight_decay=tc.weight_decay, betas=(tc.beta1, tc.beta2),
             task_lr=tc.task_lr, task_weight_decay=tc.task_weight_decay)
@@ -128,6 +129,10 @@ class Trainer:
         self.generator = torch.Generator(self.device).manual_seed(tc.seed + 2)  # exploration
         self.compiled, self.graphed = fast_path(tc, self.device)
         if self.compiled:
+            # A fresh start for dynamo: the compiled variants of earlier runs in this process
+            # (a notebook trains several) would add up to its recompile limit (8), past which it
+            # silently runs the segment eagerly.
+            torch._dynamo.reset()
             self.model.compile()
             self.target.compile()
         self.learn_minibatch = self._learn_minibatch

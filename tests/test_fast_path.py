@@ -103,9 +103,10 @@ def test_a_compiled_segment_gives_the_eager_q_and_gradients(attn_backend):
 
 
 def test_a_compiled_segment_compiles_once_for_initial_and_carried_seeds():
-    """The init seed is an expanded view, a carried one is not; the carry built from either has
-    one memory layout, so the segment is not compiled again for it (and a CUDA graph, whose
-    static inputs are contiguous copies, meets the layout its warm-up compiled)."""
+    """The init seed is an expanded view, a carried one is not, and a later segment's carry is
+    neither; the carry built from a seed has the later segments' layout, so a forward compiles
+    the segment once (and a CUDA graph, whose static inputs are contiguous copies, meets the
+    layout its warm-up compiled)."""
     from torch._dynamo.testing import CompileCounter
 
     config = HRMConfig(seq_len=9, hidden_size=16, num_heads=2, H_layers=1, L_layers=1,
@@ -119,7 +120,29 @@ def test_a_compiled_segment_compiles_once_for_initial_and_carried_seeds():
         compiled = counter.frame_count
         model(x, out.seed)
         model(x, Seed(out.seed.z_H.clone(), out.seed.z_L.clone()))
-    assert compiled == 2 and counter.frame_count == compiled
+    assert compiled == 1 and counter.frame_count == compiled
+    torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("carry_z", [True, False])
+def test_a_compiled_run_compiles_its_segment_twice_and_each_run_anew(carry_z, monkeypatch):
+    """One variant without grad (acting, the target net, validation: same shapes here) and one
+    with (training); each compile costs a GPU window minutes. A new run starts dynamo afresh:
+    the variants of earlier runs in a process would add up to its recompile limit, past which
+    the segment silently runs eagerly (the last runs here, before the reset)."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter, compile = CompileCounter(), HRMQNetwork.compile
+    monkeypatch.setattr(HRMQNetwork, "compile", lambda self, **kwargs: compile(self, backend=counter))
+    for run in range(5):  # five model sizes: without the reset, the cache overflows
+        trainer = Trainer(tiny_config(
+            "train.compile='on'", f"train.carry_z={str(carry_z).lower()}", "env.num_envs=16",
+            f"model.hidden_size={16 + 8 * run}", "train.learning_starts=32"))
+        while len(trainer.replay) < 32:
+            trainer.collect()
+        trainer.learn()
+        trainer.validate()
+        assert counter.frame_count == 2 * (run + 1)
     torch._dynamo.reset()
 
 

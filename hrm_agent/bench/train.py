@@ -114,9 +114,6 @@ def _cycle(trainer: Trainer) -> None:
 
 def _ready(config: ExperimentConfig) -> Trainer:
     """A trainer whose buffer can be sampled, after a first learn step (lazy state)."""
-    # One process times several configs: without a reset their compiled variants of the segment
-    # add up to dynamo's recompile limit (8), past which it silently runs the segment eagerly.
-    torch._dynamo.reset()
     trainer = Trainer(config, timed=True)
     tc = config.train
     while len(trainer.replay) < max(tc.learning_starts, tc.batch_size, tc.n_step * config.env.num_envs):
@@ -246,7 +243,6 @@ def check_fast_path(device: torch.device, tolerance: float = 1e-4,
     the same seeds and compare."""
     runs = {}
     for mode in MODES:
-        torch._dynamo.reset()  # (see _ready)
         torch.manual_seed(0)
         runs[mode] = Trainer(load_profile("paper-fourrooms", [
             *CHECK, *overrides, f"train.device='{device.type}'", *mode_overrides(mode)]))

@@ -225,13 +225,14 @@ class HRMQNetwork(TokenInput, nn.Module):
         return Seed(torch.where(mask, init.z_H, seed.z_H), torch.where(mask, init.z_L, seed.z_L))
 
     def carry_from_seed(self, seed: Seed) -> Carry:
-        """Broadcast a seed to every position (a full-carry seed already is one). The init seed
-        is an expanded view and a carried one is not: made contiguous first, both give a carry
-        of one memory layout, which a compiled segment then compiles once for."""
+        """Broadcast a seed to every position (a full-carry seed already is one), as contiguous
+        tensors: the layout of the carry every later segment gets, so a compiled segment
+        compiles once for the first segment of a forward and the others (an expanded view, or
+        the expanded init seed, would each be a variant of their own)."""
         if seed.z_H.dim() == 3:
             return Carry(seed.z_H.contiguous(), seed.z_L.contiguous())
         shape = (seed.z_H.shape[0], self.config.positions, seed.z_H.shape[-1])
-        return Carry(*(z.contiguous()[:, None].expand(shape) for z in seed))
+        return Carry(*(z[:, None].expand(shape).contiguous() for z in seed))
 
     def seed_from_carry(self, carry: Carry) -> Seed:
         if self.config.carry == "full":

@@ -21,7 +21,6 @@ def q_loss(q: Tensor, actions: Tensor, y: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-@torch.no_grad()
 def polyak_update(target: nn.Module, online: nn.Module, decay: float) -> None:
     """target ← decay·target + (1−decay)·online for parameters; buffers (H_init, L_init) are
     copied exactly, as the authors' soft update does."""

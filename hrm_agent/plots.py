@@ -45,7 +45,7 @@ def trained_with_carry_z(run_dir: str | Path) -> bool:
     """The condition of a run, from the config.json the trainer writes into it."""
     path = Path(run_dir) / CONFIG
     if not path.is_file():
-        raise FileNotFoundError(f"no config.json in {run_dir}: is it a training run directory?")
+        raise FileNotFoundError(f"no {CONFIG} in {run_dir}: is it a training run directory?")
     return bool(json.loads(path.read_text())["train"]["carry_z"])
 
 

@@ -25,16 +25,25 @@ def test_traffic_counts_a_batched_matmul_as_its_one_kernel():
     assert traffic.bytes == (32 * 16 + 16 * 32 + 32 * 32) * 4
 
 
-TINY = ('[env]\nnum_envs = 8\n[model]\nhidden_size = 32\nH_layers = 1\nL_layers = 1\n'
-        'segments = 2\n[train]\nbatch_size = 16\nlearning_starts = 16\n')
+@pytest.fixture
+def tiny_profile(tmp_path) -> str:
+    """A profile file: the paper's structure, small enough to bench in seconds."""
+    path = tmp_path / "tiny.toml"
+    path.write_text('[env]\nnum_envs = 8\n[model]\nhidden_size = 32\nH_layers = 1\nL_layers = 1\n'
+                    'segments = 2\n[train]\nbatch_size = 16\nlearning_starts = 16\n')
+    return str(path)
 
 
-def test_bench_train_reports_rates_shares_and_the_roofline_per_mode(tmp_path, capsys):
-    profile = tmp_path / "tiny.toml"
-    profile.write_text(TINY)
-    result = run(quick=True, profiles=[str(profile)], modes=["eager"])
+@pytest.fixture
+def trainer(tiny_profile):
+    """An eager trainer of `tiny_profile` past its first learn step."""
+    return _ready(load_profile(tiny_profile, ["train.compile='off'"]))
+
+
+def test_bench_train_reports_rates_shares_and_the_roofline_per_mode(tiny_profile, capsys):
+    result = run(quick=True, profiles=[tiny_profile], modes=["eager"])
     assert last_partial(capsys.readouterr().err) == result  # the last result so far is all of it
-    row = result[str(profile)]
+    row = result[tiny_profile]
     assert result["device"] == "cpu" and result["copy_GBps"] > 0
     assert row["bytes_per_step"] > 0 and "fast" not in row
     eager = row["eager"]
@@ -51,10 +60,7 @@ def test_bench_train_reports_rates_shares_and_the_roofline_per_mode(tmp_path, ca
         mode_overrides("turbo")
 
 
-def test_the_kernel_profile_counts_per_optimizer_step(tmp_path):
-    profile = tmp_path / "tiny.toml"
-    profile.write_text(TINY)
-    trainer = _ready(load_profile(str(profile), ["train.compile='off'"]))
+def test_the_kernel_profile_counts_per_optimizer_step(trainer):
     kernels = kernel_profile(trainer, wall_ms_per_step=1e3, cycles=3, top=10_000)
     calls = {row["name"]: row["calls_per_step"] for row in kernels["top"]}
     # atan2 runs in AdamATan2 only, once per optimizer step and parameter it updates
@@ -65,10 +71,7 @@ def test_the_kernel_profile_counts_per_optimizer_step(tmp_path):
     assert sum(row["share"] for row in kernels["top"]) == pytest.approx(1, abs=1e-3)
 
 
-def test_a_graphed_trainer_is_profiled_on_the_functions_its_graphs_captured(tmp_path):
-    profile = tmp_path / "tiny.toml"
-    profile.write_text(TINY)
-    trainer = _ready(load_profile(str(profile), ["train.compile='off'"]))
+def test_a_graphed_trainer_is_profiled_on_the_functions_its_graphs_captured(trainer):
     graphed = trainer.learn_minibatch = CUDAGraphed(trainer.learn_minibatch)  # never called here
     kernels = kernel_profile(trainer, wall_ms_per_step=1e3, top=10_000)
     assert graphed.calls == 0 and trainer.learn_minibatch is graphed

@@ -44,7 +44,7 @@ from hrm_agent.bench.train import last_partial
 from hrm_agent.checkpoint import CheckpointError, config_diff, load_checkpoint, save_checkpoint
 from hrm_agent.experiment import load_profile
 from hrm_agent.trainer import (BEST, CHECKPOINT, CONFIG, EXTENDABLE, METRICS, PATHS, _better,
-                               agent_state, read_records, write_config)
+                               agent_state, read_records, triton_c_compiler, write_config)
 
 # run name -> (profile, carry_z), in priority order
 RUNS = {"fourrooms-carry-z": ("paper-fourrooms", True), "fourrooms-reset-z": ("paper-fourrooms", False),
@@ -79,7 +79,7 @@ def run_overrides(name: str, toy: bool) -> list[str]:
 
 def report() -> dict[str, Any]:
     """What this machine offers: the GPU, torch, and whether triton can compile (it needs a C
-    compiler for its launchers; without one `torch.compile` fails on CUDA)."""
+    compiler for its launchers; without one the runs train without torch.compile)."""
     info: dict[str, Any] = {"python": sys.version.split()[0], "torch": torch.__version__,
                             "cuda": torch.version.cuda, "cpus": os.cpu_count()}
     if torch.cuda.is_available():
@@ -92,8 +92,7 @@ def report() -> dict[str, Any]:
         info["triton"] = triton.__version__
     except ImportError:
         info["triton"] = None
-    info["c_compiler"] = next((shutil.which(cc) for cc in (os.environ.get("CC"), "cc", "gcc", "clang")
-                               if cc and shutil.which(cc)), None)
+    info["c_compiler"] = triton_c_compiler()
     return info
 
 

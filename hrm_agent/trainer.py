@@ -25,9 +25,12 @@ import functools
 import json
 import math
 import os
+import shutil
 import signal
+import sys
 import threading
 import time
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -71,12 +74,45 @@ PATHS = {"eager": ["train.compile='off'", "train.cuda_graphs='off'"],
          "fast": ["train.compile='on'", "train.cuda_graphs='auto'"]}
 
 
+def triton_c_compiler() -> str | None:
+    """The C compiler triton builds its CUDA launchers with ($CC, else gcc, else clang)."""
+    return next((shutil.which(cc) for cc in (os.environ.get("CC"), "gcc", "clang")
+                 if cc and shutil.which(cc)), None)
+
+
+def compile_unavailable(device: torch.device) -> str | None:
+    """Why torch.compile cannot build kernels for `device` on this machine, or None: dynamo
+    supports only some Pythons, inductor compiles C++ for a CPU (its own compiler search,
+    `torch._inductor.config.cpp.cxx`), and triton needs a C compiler on CUDA."""
+    if not torch._dynamo.is_dynamo_supported():
+        return f"torch.compile does not support Python {sys.version.split()[0]}"
+    if device.type == "cuda":
+        return None if triton_c_compiler() else "triton finds no C compiler ($CC, gcc or clang)"
+    try:
+        from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError:  # another torch's layout: torch.compile will tell for itself
+        return None
+    try:
+        get_cpp_compiler()
+    except (RuntimeError, OSError):  # InvalidCxxCompiler; on Windows, no cl
+        return "inductor finds no C++ compiler (g++, or cl on Windows)"
+    return None
+
+
 def fast_path(tc: TrainConfig, device: torch.device) -> tuple[bool, bool]:
-    """(torch.compile, CUDA graphs) for this run: "auto" means on on CUDA, off on a CPU."""
+    """(torch.compile, CUDA graphs) for this run: "auto" means on on CUDA, off on a CPU. Where
+    torch.compile cannot build kernels the run trains eagerly (the CPU profiles ask for it, and
+    a fresh machine may have no compiler), with a warning."""
     if tc.cuda_graphs == "on" and device.type != "cuda":
         raise ValueError(f"train.cuda_graphs='on' needs a CUDA device, the run is on {device.type}")
     on = lambda mode: mode == "on" or (mode == "auto" and device.type == "cuda")  # noqa: E731
-    return on(tc.compile), on(tc.cuda_graphs)
+    compiled = on(tc.compile)
+    if compiled and (reason := compile_unavailable(device)):
+        warnings.warn(f"train.compile is {tc.compile!r} but {reason}, so this run trains "
+                      "without torch.compile: the same training, slower", RuntimeWarning,
+                      stacklevel=3)
+        compiled = False
+    return compiled, on(tc.cuda_graphs)
 
 
 class Stopwatch:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+import sys
 
 import pytest
 import torch
@@ -12,6 +13,7 @@ import torch
 from hrm_agent.bench.train import CHECK, check_fast_path, compare_runs
 from hrm_agent.experiment import load_profile
 from hrm_agent.models.hrm import HRMConfig, HRMQNetwork, Seed
+from hrm_agent import trainer as trainer_module
 from hrm_agent.trainer import Trainer, fast_path
 from tests.conftest import tiny_config
 from tests.host_reads import HostReads
@@ -62,7 +64,8 @@ def test_training_cycles_read_the_device_only_at_the_envs_window_ends(profile, o
     assert reads.reads and {phase for phase, _ in reads.reads} == {"window end"}, reads.reads
 
 
-def test_auto_turns_the_fast_path_on_on_cuda_only_and_graphs_need_cuda():
+def test_auto_turns_the_fast_path_on_on_cuda_only_and_graphs_need_cuda(monkeypatch):
+    monkeypatch.setattr(trainer_module, "compile_unavailable", lambda device: None)
     cfg = tiny_config().train
     assert fast_path(cfg, torch.device("cpu")) == (False, False)
     assert fast_path(cfg, torch.device("cuda")) == (True, True)
@@ -70,6 +73,26 @@ def test_auto_turns_the_fast_path_on_on_cuda_only_and_graphs_need_cuda():
     assert fast_path(off, torch.device("cuda")) == (False, False)
     with pytest.raises(ValueError, match="cuda_graphs='on' needs a CUDA device"):
         fast_path(dataclasses.replace(cfg, cuda_graphs="on"), torch.device("cpu"))
+
+
+def test_without_a_compiler_a_compiled_run_trains_eagerly_and_says_so():
+    """The CPU profiles ask for torch.compile; on a machine without a C++ compiler (a slim
+    image, Windows without MSVC) they must still train, not fail at the first step."""
+    with torch._inductor.config.patch({"cpp.cxx": ("hrm-agent-no-such-compiler",)}):
+        assert "no C++ compiler" in trainer_module.compile_unavailable(torch.device("cpu"))
+        with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler.*trains without torch.compile"):
+            trainer = Trainer(tiny_config("train.compile='on'", "train.total_steps=8"))
+        assert not trainer.compiled
+        trainer.train(progress=False)
+    assert trainer.global_step == 8
+
+
+def test_triton_needs_a_c_compiler_on_cuda(monkeypatch):
+    monkeypatch.delenv("CC", raising=False)
+    monkeypatch.setenv("PATH", "")
+    assert "no C compiler" in trainer_module.compile_unavailable(torch.device("cuda"))
+    monkeypatch.setenv("CC", sys.executable)  # any executable at an absolute path
+    assert trainer_module.compile_unavailable(torch.device("cuda")) is None
 
 
 @needs_compile

@@ -50,6 +50,8 @@ test-cuda:
 
 # The main job: run every notebook in order at CPU-sized defaults; executed copies go to
 # build/notebooks/, figures to figures/.
+# Passing figures_dir (its default) is what drops the CI-sized parameters stored in the
+# notebooks: papermill replaces a stored injected cell only when given a parameter.
 figures: setup
 	mkdir -p build/notebooks
 	for nb in $(NOTEBOOKS); do \

@@ -406,16 +406,19 @@ class Analysis:
 
 
 def analyse(checkpoints: Mapping[str, str | Path], env_name: str, num_envs: int = 1024, seed: int = 0,
-            *, device="cpu", n_boot: int = 1000, interventions: bool = False, **kwargs) -> Analysis:
+            *, device="cpu", n_boot: int = 1000, interventions: bool = False,
+            compile: bool = False, **kwargs) -> Analysis:
     """Record every checkpoint in both eval modes and pool the samples by eval mode, as the paper
     (one checkpoint trained with Carry Z and one with Reset Z per environment). Both modes of a
     checkpoint see the same episodes (seed + its index), different checkpoints different ones;
     `interventions` reruns those episodes under each intervention. Networks without recurrence
-    (the baselines) have no latent state to analyse and are left out. `kwargs` go to
-    `record_rollouts` (p_change, max_steps, paper_trace0)."""
+    (the baselines) have no latent state to analyse and are left out. `compile`: torch.compile
+    the agents (`load_agent`). `kwargs` go to `record_rollouts` (p_change, max_steps,
+    paper_trace0)."""
     from hrm_agent.trainer import load_agent
 
-    agents = [(name, path, *load_agent(path, device)) for name, path in checkpoints.items()]
+    agents = [(name, path, *load_agent(path, device, compile=compile))
+              for name, path in checkpoints.items()]
     agents = [(name, path, model, config) for name, path, model, config in agents if model.recurrent]
     if not agents:
         raise ValueError(f"none of {list(checkpoints)} is a recurrent network; nothing to analyse")

@@ -55,7 +55,7 @@ def _evaluate(args: argparse.Namespace) -> None:
     from hrm_agent.evaluate import evaluate
     from hrm_agent.trainer import load_agent
 
-    model, config = load_agent(args.checkpoint, device=args.device)
+    model, config = load_agent(args.checkpoint, device=args.device, compile=args.compile)
     carry_z = config.train.carry_z if args.carry_z is None else args.carry_z
     result = evaluate(model, config.env, carry_z=carry_z, episodes=args.episodes,
                       seed=args.seed, device=args.device)
@@ -197,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="evaluate with Carry Z (default: as trained)")
     carry.add_argument("--reset-z", dest="carry_z", action="store_false",
                        help="evaluate with Reset Z")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the agent: ~3x faster rollouts on a CPU after a compile of "
+                        "seconds (in bf16, other roundings: an untrained HRM's numbers change)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_evaluate)
 

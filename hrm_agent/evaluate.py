@@ -170,18 +170,19 @@ def find_agents(directory: str | Path, env: str) -> dict[str, Path]:
 
 
 def compare_agents(checkpoints: dict[str, str | Path], *, episodes: int, seed: int,
-                   device="cpu", record: bool = False,
+                   device="cpu", record: bool = False, compile: bool = False,
                    policies: tuple[str, ...] = POLICIES) -> dict[str, Episodes]:
     """Every checkpoint, then every reference policy (labelled as in `POLICY_LABELS`), on the
     same episodes: a recurrent network in both eval modes (Carry Z, Reset Z), any other once.
-    All checkpoints must share their env settings, so that the episodes are the same."""
+    All checkpoints must share their env settings, so that the episodes are the same.
+    `compile`: torch.compile the agents (`load_agent`)."""
     from hrm_agent.trainer import load_agent  # trainer imports this module
 
     if not checkpoints:
         raise ValueError("no checkpoints to compare")
     results, env_config = {}, None
     for label, path in checkpoints.items():
-        model, config = load_agent(path, device)
+        model, config = load_agent(path, device, compile=compile)
         env_config = env_config or config.env
         if replace(config.env, num_envs=1) != replace(env_config, num_envs=1):
             raise ValueError(f"{path} was trained on other env settings than the first agent "

@@ -4,6 +4,7 @@ stalls the queue of launches, and a CUDA graph cannot contain one)."""
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import sys
 
@@ -14,7 +15,8 @@ from hrm_agent.bench.train import CHECK, check_fast_path, compare_runs
 from hrm_agent.experiment import load_profile
 from hrm_agent.models.hrm import HRMConfig, HRMQNetwork, Seed
 from hrm_agent import trainer as trainer_module
-from hrm_agent.trainer import Trainer, fast_path
+from hrm_agent.cli import main
+from hrm_agent.trainer import CHECKPOINT, Trainer, fast_path, load_agent
 from tests.conftest import tiny_config
 from tests.host_reads import HostReads
 
@@ -80,7 +82,7 @@ def test_without_a_compiler_a_compiled_run_trains_eagerly_and_says_so():
     image, Windows without MSVC) they must still train, not fail at the first step."""
     with torch._inductor.config.patch({"cpp.cxx": ("hrm-agent-no-such-compiler",)}):
         assert "no C++ compiler" in trainer_module.compile_unavailable(torch.device("cpu"))
-        with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler.*trains without torch.compile"):
+        with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler.*torch.compile is off"):
             trainer = Trainer(tiny_config("train.compile='on'", "train.total_steps=8"))
         assert not trainer.compiled
         trainer.train(progress=False)
@@ -167,6 +169,34 @@ def test_a_compiled_run_compiles_its_segment_twice_and_each_run_anew(carry_z, mo
         trainer.validate()
         assert counter.frame_count == 2 * (run + 1)
     torch._dynamo.reset()
+
+
+@needs_compile
+def test_a_compiled_agent_gives_the_eager_q_and_evaluate_compiles_on_request(tmp_path, monkeypatch,
+                                                                            capsys):
+    """load_agent(compile=True), for long rollouts (notebooks 03 and 05, `evaluate --compile`)."""
+    from torch._dynamo.testing import CompileCounter
+
+    Trainer(tiny_config("model.dtype='float32'", "model.segments=1"), tmp_path).save()
+    path = tmp_path / CHECKPOINT
+    (eager, config), (compiled, compiled_config) = load_agent(path), load_agent(path, compile=True)
+    # compiled on a CPU, "auto" attention is explicit math (faster there than SDPA)
+    assert (config.model.attn_backend, compiled_config.model.attn_backend) == ("auto", "math")
+    obs = config.env.make(8, seed=0).reset(seed=0)
+    with torch.no_grad():
+        expected, got = (model(obs, model.init_seed(8)).q for model in (eager, compiled))
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+    counter, compile = CompileCounter(), HRMQNetwork.compile  # a backend that runs the graph as is
+    monkeypatch.setattr(HRMQNetwork, "compile", lambda self, **kwargs: compile(self, backend=counter))
+    results = []
+    for flags in ([], ["--compile"]):
+        torch._dynamo.reset()
+        main(["evaluate", "--checkpoint", str(path), "--episodes", "8", "--json", *flags])
+        results.append((json.loads(capsys.readouterr().out), counter.frame_count))
+    torch._dynamo.reset()
+    assert results[0][1] == 0 and results[1][1] == 1
+    assert results[0][0] == results[1][0]
 
 
 @needs_compile

@@ -10,8 +10,8 @@ lengths (121 four-rooms, 143 maze), on this machine's default device (CPU here):
   achieved by each; the attention kernel used; the parameter count.
 
 Then, for the CPU model at sequence length 121: eager fp32 vs bf16 autocast (dtype='bfloat16')
-vs `compile=True` (failures are reported as strings), and one vs the default number of intra-op
-threads. Timings are means over a few repetitions after a warm-up (at a small batch for the
+vs compiled in fp32 and in bf16 (failures are reported as strings), and one vs the default
+number of intra-op threads. Timings are means over a few repetitions after a warm-up (at a small batch for the
 paper model, whose full-batch forward takes tens of seconds on a CPU).
 """
 from __future__ import annotations
@@ -176,6 +176,7 @@ def run(quick: bool = False) -> dict:
         "eager_fp32": (dataclasses.replace(config, dtype="float32"), False),
         "bf16_autocast": (dataclasses.replace(config, dtype="bfloat16"), False),
         "compile_fp32": (dataclasses.replace(config, dtype="float32"), True),
+        "compile_bf16": (dataclasses.replace(config, dtype="bfloat16"), True),  # the CPU profiles'
     }
     for name, (variant, compiled) in variants.items():
         outcome = _variant(variant, compiled, batch, variant_reps)

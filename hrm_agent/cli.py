@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     carry.add_argument("--reset-z", dest="carry_z", action="store_false",
                        help="evaluate with Reset Z")
     p.add_argument("--compile", action="store_true",
-                   help="torch.compile the agent: ~3x faster rollouts on a CPU after a compile of "
+                   help="torch.compile the agent: 2-4x faster rollouts on a CPU after a compile of "
                         "seconds (in bf16, other roundings: an untrained HRM's numbers change)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_evaluate)

@@ -105,8 +105,8 @@ def can_compile(device: torch.device, asked: str) -> bool:
     machine may have no compiler: better slower than failing at the first step)."""
     reason = compile_unavailable(device)
     if reason:
-        warnings.warn(f"{asked} but {reason}, so torch.compile is off: the same computation, "
-                      "slower", RuntimeWarning, stacklevel=3)
+        warnings.warn(f"{asked}, but {reason}: it is off (the same computation, slower)",
+                      RuntimeWarning, stacklevel=3)
     return reason is None
 
 
@@ -602,7 +602,7 @@ def load_agent(path: str | Path, device="cpu", *, compile: bool = False
     state = load_checkpoint(path)  # on the CPU; load_state_dict copies into the device's model
     config = config_of_checkpoint(state)
     device = torch.device(device)
-    compile = compile and can_compile(device, "load_agent(compile=True)")
+    compile = compile and can_compile(device, "compile=True asks for torch.compile")
     if compile and device.type == "cpu" and getattr(config.model, "attn_backend", "") == "auto":
         config = experiment_from_dict(apply_overrides(config.to_dict(),
                                                       ["model.attn_backend='math'"]))

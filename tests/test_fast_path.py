@@ -82,7 +82,8 @@ def test_without_a_compiler_a_compiled_run_trains_eagerly_and_says_so():
     image, Windows without MSVC) they must still train, not fail at the first step."""
     with torch._inductor.config.patch({"cpp.cxx": ("hrm-agent-no-such-compiler",)}):
         assert "no C++ compiler" in trainer_module.compile_unavailable(torch.device("cpu"))
-        with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler.*torch.compile is off"):
+        with pytest.warns(RuntimeWarning, match="train.compile is .on., but inductor finds no "
+                                                "C\\+\\+ compiler .*: it is off"):
             trainer = Trainer(tiny_config("train.compile='on'", "train.total_steps=8"))
         assert not trainer.compiled
         trainer.train(progress=False)

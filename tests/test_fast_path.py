@@ -11,11 +11,11 @@ import sys
 import pytest
 import torch
 
+from hrm_agent import trainer as trainer_module
 from hrm_agent.bench.train import CHECK, check_fast_path, compare_runs
+from hrm_agent.cli import main
 from hrm_agent.experiment import load_profile
 from hrm_agent.models.hrm import HRMConfig, HRMQNetwork, Seed
-from hrm_agent import trainer as trainer_module
-from hrm_agent.cli import main
 from hrm_agent.trainer import CHECKPOINT, Trainer, fast_path, load_agent
 from tests.conftest import tiny_config
 from tests.host_reads import HostReads

@@ -11,8 +11,8 @@ lengths (121 four-rooms, 143 maze), on this machine's default device (CPU here):
 
 Then, for the CPU model at sequence length 121: eager fp32 vs bf16 autocast (dtype='bfloat16')
 vs compiled in fp32 and in bf16 (failures are reported as strings), and one vs the default
-number of intra-op threads. Timings are means over a few repetitions after a warm-up (at a small batch for the
-paper model, whose full-batch forward takes tens of seconds on a CPU).
+number of intra-op threads. Timings are means over a few repetitions after a warm-up (at a
+small batch for the paper model, whose full-batch forward takes tens of seconds on a CPU).
 """
 from __future__ import annotations
 

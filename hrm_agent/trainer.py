@@ -597,8 +597,8 @@ def load_agent(path: str | Path, device="cpu", *, compile: bool = False
     `compile`: torch.compile it, for long rollouts (evaluation, analysis): on 2 CPU cores the
     acting forward runs 2-4x faster after a compile of seconds, and agents of one architecture
     share the compiled code. Compiled on a CPU, "auto" attention becomes explicit math, 1.5x
-    faster there than SDPA (docs/measurements.md). In bf16 the compiled kernels
-    round differently, which an untrained HRM's recurrence amplifies: other Q, not worse ones."""
+    faster there than SDPA (docs/measurements.md). In bf16 the compiled kernels round
+    differently, which an untrained HRM's recurrence amplifies: other Q, not worse ones."""
     state = load_checkpoint(path)  # on the CPU; load_state_dict copies into the device's model
     config = config_of_checkpoint(state)
     device = torch.device(device)

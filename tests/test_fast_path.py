@@ -77,16 +77,22 @@ def test_auto_turns_the_fast_path_on_on_cuda_only_and_graphs_need_cuda(monkeypat
         fast_path(dataclasses.replace(cfg, cuda_graphs="on"), torch.device("cpu"))
 
 
-def test_without_a_compiler_a_compiled_run_trains_eagerly_and_says_so():
-    """The CPU profiles ask for torch.compile; on a machine without a C++ compiler (a slim
-    image, Windows without MSVC) they must still train, not fail at the first step."""
+def test_without_a_compiler_a_compiled_run_trains_eagerly_and_says_so(tmp_path):
+    """The CPU profiles and notebooks 03/05 ask for torch.compile; on a machine without a C++
+    compiler (a slim image, Windows without MSVC) they must still run, not fail at the first
+    step."""
     with torch._inductor.config.patch({"cpp.cxx": ("hrm-agent-no-such-compiler",)}):
         assert "no C++ compiler" in trainer_module.compile_unavailable(torch.device("cpu"))
         with pytest.warns(RuntimeWarning, match="train.compile is .on., but inductor finds no "
                                                 "C\\+\\+ compiler .*: it is off"):
-            trainer = Trainer(tiny_config("train.compile='on'", "train.total_steps=8"))
+            trainer = Trainer(tiny_config("train.compile='on'", "train.total_steps=8"), tmp_path)
         assert not trainer.compiled
         trainer.train(progress=False)
+        with pytest.warns(RuntimeWarning, match="compile=True asks for torch.compile, but"):
+            model, config = load_agent(tmp_path / CHECKPOINT, compile=True)
+        assert config.model.attn_backend == "auto"  # as stored: nothing compiled, nothing changed
+        with torch.no_grad():
+            model(trainer.obs, model.init_seed(trainer.env.num_envs))
     assert trainer.global_step == 8
 
 

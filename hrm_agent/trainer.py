@@ -76,8 +76,8 @@ PATHS = {"eager": ["train.compile='off'", "train.cuda_graphs='off'"],
 
 def triton_c_compiler() -> str | None:
     """The C compiler triton builds its CUDA launchers with ($CC, else gcc, else clang)."""
-    return next((shutil.which(cc) for cc in (os.environ.get("CC"), "gcc", "clang")
-                 if cc and shutil.which(cc)), None)
+    found = (shutil.which(cc) for cc in (os.environ.get("CC"), "gcc", "clang") if cc)
+    return next((path for path in found if path), None)
 
 
 def compile_unavailable(device: torch.device) -> str | None:

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import shutil
 import sys
 
 import pytest
@@ -20,8 +19,9 @@ from hrm_agent.trainer import CHECKPOINT, Trainer, fast_path, load_agent
 from tests.conftest import tiny_config
 from tests.host_reads import HostReads
 
+
 def _compile_usable() -> bool:
-    if shutil.which("cc") is None and shutil.which("gcc") is None:
+    if trainer_module.compile_unavailable(torch.device("cpu")):
         return False
     try:
         return torch.equal(torch.compile(lambda t: t * 2 + 1)(torch.ones(2)), torch.full((2,), 3.0))
@@ -31,6 +31,18 @@ def _compile_usable() -> bool:
 
 needs_compile = pytest.mark.skipif(not _compile_usable(), reason="torch.compile is not usable here")
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.fixture
+def compile_counter(monkeypatch):
+    """Every HRM compiled while the test runs compiles with a CompileCounter backend (which runs
+    the captured graph as is); the counter, afterwards dynamo afresh."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter, compile = CompileCounter(), HRMQNetwork.compile
+    monkeypatch.setattr(HRMQNetwork, "compile", lambda self, **kwargs: compile(self, backend=counter))
+    yield counter
+    torch._dynamo.reset()
 
 
 @pytest.mark.parametrize("profile, overrides", [
@@ -157,15 +169,11 @@ def test_a_compiled_segment_compiles_once_for_initial_and_carried_seeds():
 
 
 @pytest.mark.parametrize("carry_z", [True, False])
-def test_a_compiled_run_compiles_its_segment_twice_and_each_run_anew(carry_z, monkeypatch):
+def test_a_compiled_run_compiles_its_segment_twice_and_each_run_anew(carry_z, compile_counter):
     """One variant without grad (acting, the target net, validation: same shapes here) and one
     with (training); each compile costs a GPU window minutes. A new run starts dynamo afresh:
     the variants of earlier runs in a process would add up to its recompile limit, past which
     the segment silently runs eagerly (the last runs here, before the reset)."""
-    from torch._dynamo.testing import CompileCounter
-
-    counter, compile = CompileCounter(), HRMQNetwork.compile
-    monkeypatch.setattr(HRMQNetwork, "compile", lambda self, **kwargs: compile(self, backend=counter))
     for run in range(5):  # five model sizes: without the reset, the cache overflows
         trainer = Trainer(tiny_config(
             "train.compile='on'", f"train.carry_z={str(carry_z).lower()}", "env.num_envs=16",
@@ -174,16 +182,13 @@ def test_a_compiled_run_compiles_its_segment_twice_and_each_run_anew(carry_z, mo
             trainer.collect()
         trainer.learn()
         trainer.validate()
-        assert counter.frame_count == 2 * (run + 1)
-    torch._dynamo.reset()
+        assert compile_counter.frame_count == 2 * (run + 1)
 
 
 @needs_compile
-def test_a_compiled_agent_gives_the_eager_q_and_evaluate_compiles_on_request(tmp_path, monkeypatch,
-                                                                            capsys):
+def test_a_compiled_agent_gives_the_eager_q_and_evaluate_compiles_on_request(tmp_path, capsys,
+                                                                            request):
     """load_agent(compile=True), for long rollouts (notebooks 03 and 05, `evaluate --compile`)."""
-    from torch._dynamo.testing import CompileCounter
-
     Trainer(tiny_config("model.dtype='float32'", "model.segments=1"), tmp_path).save()
     path = tmp_path / CHECKPOINT
     (eager, config), (compiled, compiled_config) = load_agent(path), load_agent(path, compile=True)
@@ -194,14 +199,12 @@ def test_a_compiled_agent_gives_the_eager_q_and_evaluate_compiles_on_request(tmp
         expected, got = (model(obs, model.init_seed(8)).q for model in (eager, compiled))
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
-    counter, compile = CompileCounter(), HRMQNetwork.compile  # a backend that runs the graph as is
-    monkeypatch.setattr(HRMQNetwork, "compile", lambda self, **kwargs: compile(self, backend=counter))
+    counter = request.getfixturevalue("compile_counter")  # from here on, compiles are counted
     results = []
     for flags in ([], ["--compile"]):
         torch._dynamo.reset()
         main(["evaluate", "--checkpoint", str(path), "--episodes", "8", "--json", *flags])
         results.append((json.loads(capsys.readouterr().out), counter.frame_count))
-    torch._dynamo.reset()
     assert results[0][1] == 0 and results[1][1] == 1
     assert results[0][0] == results[1][0]
 

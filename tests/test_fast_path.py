@@ -17,6 +17,7 @@ from hrm_agent.experiment import load_profile
 from hrm_agent.models.hrm import HRMConfig, HRMQNetwork, Seed
 from hrm_agent.trainer import CHECKPOINT, Trainer, fast_path, load_agent
 from tests.conftest import tiny_config
+from tests.graph_replay import EmulatedCUDAGraphed
 from tests.host_reads import HostReads
 
 
@@ -266,3 +267,41 @@ def test_training_cycles_do_not_synchronize_on_cuda():
             trainer.learn()
     finally:
         torch.cuda.set_sync_debug_mode(0)
+
+
+def test_an_emulated_graph_replays_tensor_state_and_freezes_python_values():
+    """The emulation of CUDA graphs the next test relies on: a capture changes nothing, a replay
+    advances tensor state, and a Python value read at the capture stays as it was."""
+    counter, scale = torch.zeros(()), [2.0]
+
+    def fn(x):
+        counter.add_(1)
+        return x * scale[0] + counter
+
+    graphed = EmulatedCUDAGraphed(fn, warmup=1)
+    assert graphed(torch.ones(2)).tolist() == [3.0, 3.0]  # eager warm-up: counter 1
+    assert graphed(torch.ones(2)).tolist() == [4.0, 4.0]  # capture (no effect), then a replay
+    scale[0] = 5.0
+    assert graphed(torch.full((2,), 10.0)).tolist() == [23.0, 23.0]  # eagerly: 53
+    assert counter.item() == 3.0
+
+
+@pytest.mark.parametrize("overrides", [("train.carry_z=true",), ("train.carry_z=false",),
+                                       ("train.carry_z=true", "train.n_step=3")])
+def test_a_short_run_under_emulated_cuda_graphs_is_the_eager_run(overrides, monkeypatch):
+    """What the trainer captures (acting forward; targets + every optimizer step of a minibatch)
+    is safe to graph: replayed with CUDA graph semantics on a CPU (`graph_replay`), a run is
+    bitwise the eager run. A Python value that changed between replays (lr in its warm-up, say)
+    or state made anew after the capture would show here, without a GPU."""
+    graphs = []
+
+    def emulated(fn):
+        graphs.append(EmulatedCUDAGraphed(fn))
+        return graphs[-1]
+
+    monkeypatch.setattr(trainer_module, "CUDAGraphed", emulated)
+    monkeypatch.setattr(trainer_module, "fast_path", lambda tc, device: (False, tc.cuda_graphs != "off"))
+    check = check_fast_path(torch.device("cpu"), tolerance=0.0, overrides=(
+        *overrides, "train.val_interval=24", "train.val_episodes=8"))  # (one short validation)
+    assert check == {"same_transitions": True, "max_z_diff": 0.0, "max_weight_diff": 0.0, "ok": True}
+    assert len(graphs) == 2 and all(g.graph is not None and g.graph.ops for g in graphs)

@@ -65,6 +65,7 @@ MIN_RUN_S = 30  # a run starts (or, its fast path failed, restarts eagerly) only
 GRACE_S = 45  # after SIGTERM, how long a run may take to checkpoint before it is killed
 # (at most a tenth of the budget, and 10 s, so a minute's dry run still trains)
 POLL_S = 2.0
+TAIL_LINES = 30  # of a failed subprocess's output, into job.log
 
 
 class JobError(ValueError):
@@ -107,6 +108,15 @@ class Log:
         print(line, flush=True)
         with self.path.open("a") as f:
             f.write(line + "\n")
+
+    def tail(self, what: str, output: str | bytes | None, lines: int = TAIL_LINES) -> None:
+        """The last `lines` lines of a failed subprocess's `output`: job.log is what comes back
+        of a window, and a traceback in it is what the next session fixes the failure from."""
+        if isinstance(output, bytes):
+            output = output.decode(errors="replace")
+        last = (output or "").strip().splitlines()[-lines:] or ["(no output)"]
+        self(f"{what}; the end of its output:\n"
+             + "\n".join("    " + line[:300] for line in last))
 
 
 def atomic_write(path: Path, write) -> None:
@@ -205,6 +215,8 @@ class Job:
         cmd = train_command(run_dir, "fourrooms-carry-z", False, overrides)
         start = time.monotonic()
         outcome = self.subprocess(cmd, timeout_s=120)
+        if not outcome["ok"]:
+            self.log.tail("smoke test failed", outcome["stderr"])
         outcome.pop("stderr", None)
         if outcome["ok"]:
             train = [r for r in read_records(run_dir / METRICS)[0] if r["kind"] == "train"]
@@ -221,6 +233,7 @@ class Job:
         if outcome["ok"]:
             outcome["result"] = json.loads(outcome.pop("stdout").strip().splitlines()[-1])
         else:
+            self.log.tail(f"bench train {profile} failed", outcome["stderr"])
             partial = last_partial(outcome.pop("stderr"))
             if partial:
                 outcome["partial"] = partial
@@ -308,9 +321,10 @@ class Job:
             run.state = "done" if code == 0 else f"stopped (exit {code})"
             return
         run.state = "failed"
-        lines = (run.dir / "train.log").read_text().strip().splitlines() or ["no output"]
-        run.error = lines[-1][:300]
+        output = (run.dir / "train.log").read_text()
+        run.error = (output.strip().splitlines() or ["no output"])[-1][:300]
         self.log(f"{run.name}: failed (exit {code}): {run.error}")
+        self.log.tail(f"{run.name}: train.log", output)
         if run.fast and run.deadline - now > MIN_RUN_S:  # the fast path broke: go on eager
             self.log(f"{run.name}: retrying on the eager path")
             self.launch(run, False, run.deadline)

@@ -74,6 +74,7 @@ def test_a_run_whose_fast_path_fails_goes_on_eager(tmp_path, monkeypatch):
     assert summary["state"] == "done" and summary["step"] > 0, summary
     log = (tmp_path / "out" / "job.log").read_text()
     assert "needs a CUDA device" in log and "retrying on the eager path" in log
+    assert f"{RUNS[0]}: train.log; the end of its output:" in log  # what the run printed, for a traceback
 
 
 def test_job_input_errors_are_one_line(tmp_path, capsys):
@@ -195,6 +196,24 @@ def test_a_bench_stopped_by_its_timeout_keeps_what_it_measured(tmp_path, monkeyp
     bench = job.info["bench"]
     assert bench == {"ok": False, "reason": f"timed out after {gpujob.BENCH_TIMEOUT_S} s",
                      "partial": measured}
+    assert "    still compiling" in (tmp_path / "out" / "job.log").read_text()
+
+
+def test_a_failed_bench_leaves_its_traceback_in_the_job_log(tmp_path, monkeypatch):
+    """job.log comes back from a window: the next session debugs a fast path from it."""
+    from hrm_agent import gpujob
+
+    job = _auto_job(tmp_path, monkeypatch)
+    frames = [f'  File "hrm_agent/graphs.py", line {n}, in _capture' for n in range(40)]
+    stderr = "\n".join(["Traceback (most recent call last):", *frames,
+                        "RuntimeError: operation not permitted when stream is capturing"])
+    monkeypatch.setattr(gpujob.subprocess, "run", lambda cmd, **kwargs: subprocess.CompletedProcess(
+        cmd, 1, stdout="", stderr=stderr))
+    assert job.choose_fast() is False
+    log = (tmp_path / "out" / "job.log").read_text()
+    assert job.info["bench"]["reason"] == "RuntimeError: operation not permitted when stream is capturing"
+    assert "failed; the end of its output:" in log
+    assert frames[-29] in log and frames[-30] not in log  # the last 30 lines, no more
 
 
 def test_the_runs_readme_reports_each_windows_bench_and_the_busiest_fast_kernels():

@@ -8,6 +8,8 @@ capture records the aten ops the function runs (a dispatch mode), then puts back
 and random generator the ops wrote to, and a replay re-runs the recorded ops on the recorded
 tensors, each result written into the tensor the capture produced. A function that is wrong
 to graph then computes on a CPU what it would compute on a GPU: something other than eager.
+Under a dispatch mode torch.compile'd code runs eagerly, so this covers the graphs of the eager
+path (that compiled code computes what eager does is tested apart).
 """
 from __future__ import annotations
 

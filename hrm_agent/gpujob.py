@@ -109,14 +109,17 @@ class Log:
         with self.path.open("a") as f:
             f.write(line + "\n")
 
-    def tail(self, what: str, output: str | bytes | None, lines: int = TAIL_LINES) -> None:
+    def tail(self, what: str, output: str, lines: int = TAIL_LINES) -> None:
         """The last `lines` lines of a failed subprocess's `output`: job.log is what comes back
         of a window, and a traceback in it is what the next session fixes the failure from."""
-        if isinstance(output, bytes):
-            output = output.decode(errors="replace")
-        last = (output or "").strip().splitlines()[-lines:] or ["(no output)"]
+        last = output.strip().splitlines()[-lines:] or ["(no output)"]
         self(f"{what}; the end of its output:\n"
              + "\n".join("    " + line[:300] for line in last))
+
+
+def last_line(output: str) -> str:
+    """What a failed subprocess said last (its error, usually), cut to one short line."""
+    return (output.strip().splitlines() or ["no output"])[-1][:300]
 
 
 def atomic_write(path: Path, write) -> None:
@@ -243,12 +246,12 @@ class Job:
         """Run `cmd`: {"ok", "stdout"} or {"ok": False, "reason", "stderr" (what it wrote)}."""
         try:
             proc = subprocess.run(cmd, env=self.env, capture_output=True, text=True, timeout=timeout_s)
-        except subprocess.TimeoutExpired as error:
+        except subprocess.TimeoutExpired as error:  # (its output is bytes, whatever `text` says)
             return {"ok": False, "reason": f"timed out after {timeout_s:.0f} s",
-                    "stderr": error.stderr}
+                    "stderr": (error.stderr or b"").decode(errors="replace")}
         if proc.returncode:
-            lines = (proc.stderr or proc.stdout).strip().splitlines() or ["no output"]
-            return {"ok": False, "reason": lines[-1][:300], "stderr": proc.stderr}
+            return {"ok": False, "reason": last_line(proc.stderr or proc.stdout),
+                    "stderr": proc.stderr}
         return {"ok": True, "stdout": proc.stdout}
 
     def measure(self, profile: str, key: str) -> dict[str, Any]:
@@ -322,7 +325,7 @@ class Job:
             return
         run.state = "failed"
         output = (run.dir / "train.log").read_text()
-        run.error = (output.strip().splitlines() or ["no output"])[-1][:300]
+        run.error = last_line(output)
         self.log(f"{run.name}: failed (exit {code}): {run.error}")
         self.log.tail(f"{run.name}: train.log", output)
         if run.fast and run.deadline - now > MIN_RUN_S:  # the fast path broke: go on eager

@@ -261,11 +261,9 @@ def _so_far(result: dict) -> None:
     print(PARTIAL + json.dumps(result), file=sys.stderr, flush=True)
 
 
-def last_partial(stderr: str | bytes | None) -> dict | None:
+def last_partial(stderr: str) -> dict | None:
     """The last result-so-far a bench wrote to `stderr`, if any."""
-    if isinstance(stderr, bytes):
-        stderr = stderr.decode(errors="replace")
-    lines = [line for line in (stderr or "").splitlines() if line.startswith(PARTIAL)]
+    lines = [line for line in stderr.splitlines() if line.startswith(PARTIAL)]
     return json.loads(lines[-1][len(PARTIAL):]) if lines else None
 
 

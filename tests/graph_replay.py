@@ -19,7 +19,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves, tree_map
 
-from hrm_agent.graphs import CUDAGraphed
+from hrm_agent.graphs import CUDAGraphed, _clone
 
 
 def _tensors(value: Any) -> list[torch.Tensor]:
@@ -81,7 +81,7 @@ class EmulatedCUDAGraphed(CUDAGraphed):
         return self.fn(*args)
 
     def _capture(self, args: tuple) -> None:
-        self.static_args = tree_map(lambda a: a.clone() if isinstance(a, torch.Tensor) else a, args)
+        self.static_args = tree_map(_clone, args)  # as CUDAGraphed's own capture
         with Recording() as self.graph:
             self.static_out = self.fn(*self.static_args)
         self.graph.undo()

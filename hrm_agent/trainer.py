@@ -21,6 +21,7 @@ paths run the same code and compute the same tensors.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import math
@@ -604,8 +605,7 @@ def load_agent(path: str | Path, device="cpu", *, compile: bool = False
     device = torch.device(device)
     compile = compile and can_compile(device, "compile=True asks for torch.compile")
     if compile and device.type == "cpu" and getattr(config.model, "attn_backend", "") == "auto":
-        config = experiment_from_dict(apply_overrides(config.to_dict(),
-                                                      ["model.attn_backend='math'"]))
+        config = dataclasses.replace(config, model=dataclasses.replace(config.model, attn_backend="math"))
     model = build_model(config.model).to(device)
     load_module_state(model, state["model"], f"model in {path}")
     model.eval()

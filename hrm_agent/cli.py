@@ -218,11 +218,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=0,
                    help="runs at once; one that ends early hands its place on (default: one "
                         "on the fast path or a CPU, all on the eager path)")
-    p.add_argument("--fast", choices=["auto", "on", "off"], default="auto",
-                   help="the fast path (torch.compile + CUDA graphs); auto: if `bench train` "
-                        "finds it faster")
+    p.add_argument("--fast", choices=["auto", "bench", "on", "off"], default="auto",
+                   help="the fast path (torch.compile + CUDA graphs); bench: if `bench train` "
+                        "finds it equal to eager and faster; auto: as an earlier window on this "
+                        "GPU, torch and triton found (windows.jsonl in --from), else bench")
     p.add_argument("--bench-maze", action="store_true",
-                   help="with --fast auto: benchmark paper-maze too (the decision stays "
+                   help="measure (as --fast bench) paper-maze too (the decision stays "
                         "paper-fourrooms'); about 2 minutes of the window")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                    help="cpu: a dry run (with --toy, seconds)")

@@ -6,7 +6,10 @@ with the machine's own python3 (torch, numpy and tqdm are all it needs), does in
 2. smoke: a few optimizer steps of the paper profile in a subprocess (eager), then
    `bench train --quick` on paper-fourrooms, eager and fast (torch.compile + CUDA graphs);
    the fast path is kept only if it runs, trains a small fp32 run exactly as the eager path
-   does, and is faster (`--bench-maze`: paper-maze too, for the record, ~2 more minutes);
+   does, and is faster (`--bench-maze`: paper-maze too, for the record, ~2 more minutes).
+   A window skips the bench, and gives its minutes to training, when the last window on the
+   same GPU, torch and triton (`windows.jsonl` in `--from`) trained on a measured fast path
+   without a failure; `--fast bench` measures anew;
 3. the queue, in priority order (`RUNS`): each an ordinary `hrm_agent train` run in a local
    work folder, resumed from `--from` when that holds its checkpoint, and stopped by SIGTERM
    at the window's deadline (the trainer then checkpoints at once). `--parallel` runs go at
@@ -179,18 +182,19 @@ class Job:
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
         if device == "cpu":
             self.env["CUDA_VISIBLE_DEVICES"] = ""  # a dry run never touches a GPU
+        self.carried = carried
         self.log = Log(out / "job.log")
         self.info: dict[str, Any] = {"report": report(), "device": device, "minutes": minutes,
                                      "parallel": parallel, "toy": toy, "runs": {}}
-        self.runs = [self._prepare(name, carried) for name in runs]
+        self.runs = [self._prepare(name) for name in runs]
 
     # -- preparation ----------------------------------------------------------------------
-    def _prepare(self, name: str, carried: Path | None) -> Run:
+    def _prepare(self, name: str) -> Run:
         """A fresh run folder, or one holding the carried checkpoint and history to resume."""
         run_dir = self.work / name
         shutil.rmtree(run_dir, ignore_errors=True)
         run_dir.mkdir(parents=True)
-        source = carried / name / CHECKPOINT if carried else None
+        source = self.carried / name / CHECKPOINT if self.carried else None
         if source is None or not source.is_file():
             return Run(name, run_dir, resumed=False)
         try:
@@ -261,10 +265,31 @@ class Job:
                  + json.dumps(bench.get("result") or [bench["reason"], bench.get("partial")]))
         return bench
 
+    def earlier_verdict(self) -> dict[str, Any] | None:
+        """The last earlier window (in `--from`'s windows.jsonl) on this GPU, torch and triton,
+        if it trained on the fast path by a measured verdict (its own bench's, or one it reused)
+        and no run of it failed: then that verdict stands for this window too."""
+        path = self.carried / "windows.jsonl" if self.carried else None
+        if path is None or not path.is_file():
+            return None
+        try:
+            windows = read_records(path)[0]
+        except ValueError as exc:
+            self.log(f"no earlier verdict: {exc}")
+            return None
+        same = lambda w: (w.get("device") == "cuda" and not w.get("toy") and all(  # noqa: E731
+            w.get("report", {}).get(key) == self.info["report"].get(key)
+            for key in ("gpu", "torch", "triton")))
+        last = next((w for w in reversed(windows) if same(w)), None)
+        measured = last and last.get("fast") and (last.get("bench") or last.get("fast_verified_by"))
+        failed = last and any(run.get("error") for run in last.get("runs", {}).values())
+        return last if measured and not failed else None
+
     def choose_fast(self) -> bool:
-        """Whether the runs train on the fast path: `--fast on`/`off`, or (auto) the benchmark's
-        verdict on paper-fourrooms (with `--bench-maze`, paper-maze is measured too, for the
-        record)."""
+        """Whether the runs train on the fast path: `--fast on`/`off`; or (auto) an earlier
+        window's verdict on this machine (`earlier_verdict`), else, as `--fast bench` always,
+        the benchmark's verdict on paper-fourrooms (with `--bench-maze`, paper-maze is measured
+        too, for the record)."""
         eager = self.smoke()
         eager.pop("stdout", None)
         self.info["smoke"] = {"eager": eager}
@@ -272,8 +297,14 @@ class Job:
             raise JobError(f"smoke test failed (eager): {eager['reason']}")
         self.log(f"smoke eager: {eager['optimizer_steps_per_s']:.1f} optimizer steps/s "
                  f"({eager['wall_s']} s)")
-        if self.fast != "auto":  # on: trust it unmeasured (a failing run is retried eagerly)
+        if self.fast in ("on", "off"):  # on: trust it unmeasured (a failing run is retried eagerly)
             return self.fast == "on"
+        earlier = None if self.fast == "bench" or self.bench_maze else self.earlier_verdict()
+        if earlier:
+            self.info["fast_verified_by"] = earlier["date"]
+            self.log(f"training fast without a bench: the window of {earlier['date']} found the "
+                     "fast path equal to eager and faster on this GPU, torch and triton")
+            return True
         bench = self.measure("paper-fourrooms", "bench")
         if bench["ok"] and self.bench_maze:
             self.measure("paper-maze", "bench_maze")
@@ -440,10 +471,10 @@ def gpu_job(out: str | Path, *, minutes: float = 8.5, runs: list[str] | None = N
         raise JobError(f"--out {out} is not an empty folder")
     out.mkdir(parents=True, exist_ok=True)
     work = Path(work) if work else Path(tempfile.mkdtemp(prefix="hrm-gpu-job-"))
-    if fast not in ("auto", "on", "off"):
-        raise JobError(f"--fast must be auto, on or off, got {fast!r}")
-    if bench_maze and fast != "auto":
-        raise JobError(f"--bench-maze measures what --fast auto measures; it cannot go with --fast {fast}")
+    if fast not in ("auto", "bench", "on", "off"):
+        raise JobError(f"--fast must be auto, bench, on or off, got {fast!r}")
+    if bench_maze and fast in ("on", "off"):
+        raise JobError(f"--bench-maze measures the fast path; it cannot go with --fast {fast}")
     if fast == "auto" and device == "cpu":
         fast = "off"  # inductor's C++ compile costs more than a dry run's minutes
     job = Job(out, work, runs, minutes=minutes, parallel=parallel, toy=toy, device=device,

@@ -92,6 +92,8 @@ def test_job_input_errors_are_one_line(tmp_path, capsys):
         gpu_job(tmp_path / "o2", device="cpu", toy=True, runs=["fourrooms"])
     with pytest.raises(ValueError, match="cannot go with --fast on"):
         gpu_job(tmp_path / "o3", device="cpu", toy=True, fast="on", bench_maze=True)
+    with pytest.raises(ValueError, match="--fast must be auto, bench, on or off, got 'fastest'"):
+        gpu_job(tmp_path / "o4", device="cpu", toy=True, fast="fastest")
 
 
 def test_a_carried_checkpoint_of_another_config_is_refused_before_anything_runs(tmp_path):
@@ -149,13 +151,13 @@ TINY_JOB = ["model.hidden_size=32", "model.H_layers=1", "model.L_layers=1", "mod
             "train.device='cpu'"]
 
 
-def _auto_job(tmp_path, monkeypatch, **kwargs):
+def _auto_job(tmp_path, monkeypatch, fast="auto", carried=None, **kwargs):
     """A `--fast auto` job whose smoke test passes (the benchmark is the test's to fake)."""
     from hrm_agent.gpujob import Job
 
     (tmp_path / "out").mkdir()
     job = Job(tmp_path / "out", tmp_path / "work", ["fourrooms-carry-z"], minutes=1.0, parallel=1,
-              carried=None, toy=True, fast="auto", device="cpu", **kwargs)
+              carried=carried, toy=True, fast=fast, device="cpu", **kwargs)
     monkeypatch.setattr(job, "smoke", lambda: {"ok": True, "wall_s": 1.0, "optimizer_steps_per_s": 40.0})
     return job
 
@@ -178,6 +180,53 @@ def test_auto_trains_fast_only_if_the_benchmark_finds_it_equal_and_faster(tmp_pa
     monkeypatch.setattr(job, "benchmark", lambda profile: bench)
     assert job.choose_fast() is expected
     assert job.info["bench"] is bench and "bench_maze" not in job.info
+
+
+H100 = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.11.0+cu130", "triton": "3.6.0"}
+
+
+def _window(date, fast=True, bench=True, reused=False, error="", **report):
+    """A windows.jsonl line as gpu-import writes it, of a window on `report` (default: H100)."""
+    window = {"date": date, "device": "cuda", "toy": False, "report": {**H100, **report},
+              "fast": fast, "runs": {"fourrooms-carry-z": {"state": "stopped", "error": error}}}
+    if bench:
+        window["bench"] = {"ok": True, "result": {"fast_path_check": {"ok": True}}}
+    if reused:
+        window["fast_verified_by"] = reused
+    return window
+
+
+@pytest.mark.parametrize("windows, flags, reused", [
+    ([], {}, None),
+    ([_window("12-01")], {}, "12-01"),
+    ([_window("12-01"), _window("12-02", bench=False, reused="12-01")], {}, "12-02"),
+    ([_window("12-01"), _window("12-02", torch="2.12.0+cu130")], {}, "12-01"),
+    ([_window("12-01", gpu="NVIDIA H200")], {}, None),
+    ([_window("12-01", torch="2.12.0+cu130")], {}, None),
+    ([_window("12-01"), _window("12-02", fast=False)], {}, None),
+    ([_window("12-01"), _window("12-02", error="RuntimeError: CUDA error")], {}, None),
+    ([_window("12-01", bench=False)], {}, None),  # --fast on: trained fast, never measured
+    ([_window("12-01")], {"fast": "bench"}, None),
+    ([_window("12-01")], {"bench_maze": True}, None),
+], ids=["no earlier window", "measured here", "reused here", "the last on this machine",
+        "another GPU", "another torch", "last trained eager", "a run failed", "never measured",
+        "--fast bench", "--bench-maze"])
+def test_auto_skips_the_bench_after_a_window_on_the_same_gpu_and_torch_measured_it(
+        tmp_path, monkeypatch, windows, flags, reused):
+    carried = tmp_path / "gpu-runs"
+    carried.mkdir()
+    (carried / "windows.jsonl").write_text("".join(json.dumps(w) + "\n" for w in windows))
+    job = _auto_job(tmp_path, monkeypatch, carried=carried, **flags)
+    job.info["report"] = dict(H100, python="3.12.3")
+    benched = []
+    equal_and_faster = {"ok": True, "result": {"fast_path_check": {"ok": True}, "paper-fourrooms": {
+        "eager": {"optimizer_steps_per_s": 40.0}, "fast": {"optimizer_steps_per_s": 300.0}}}}
+    monkeypatch.setattr(job, "benchmark", lambda profile: benched.append(profile) or equal_and_faster)
+    assert job.choose_fast() is True
+    assert job.info.get("fast_verified_by") == reused
+    assert bool(benched) == (reused is None)
+    if reused:
+        assert f"the window of {reused} found" in (tmp_path / "out" / "job.log").read_text()
 
 
 def test_a_bench_stopped_by_its_timeout_keeps_what_it_measured(tmp_path, monkeypatch):

@@ -220,8 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "on the fast path or a CPU, all on the eager path)")
     p.add_argument("--fast", choices=["auto", "bench", "on", "off"], default="auto",
                    help="the fast path (torch.compile + CUDA graphs); bench: if `bench train` "
-                        "finds it equal to eager and faster; auto: as an earlier window on this "
-                        "GPU, torch and triton found (windows.jsonl in --from), else bench")
+                        "finds it equal to eager and faster; auto: as the last window on this "
+                        "GPU, torch, triton and code found (windows.jsonl in --from), else bench")
     p.add_argument("--bench-maze", action="store_true",
                    help="measure (as --fast bench) paper-maze too (the decision stays "
                         "paper-fourrooms'); about 2 minutes of the window")

@@ -8,8 +8,8 @@ with the machine's own python3 (torch, numpy and tqdm are all it needs), does in
    the fast path is kept only if it runs, trains a small fp32 run exactly as the eager path
    does, and is faster (`--bench-maze`: paper-maze too, for the record, ~2 more minutes).
    A window skips the bench, and gives its minutes to training, when the last window on the
-   same GPU, torch and triton (`windows.jsonl` in `--from`) trained on a measured fast path
-   without a failure; `--fast bench` measures anew;
+   same GPU, torch, triton and training code (`windows.jsonl` in `--from`) trained on a
+   measured fast path without a failure; `--fast bench` measures anew;
 3. the queue, in priority order (`RUNS`): each an ordinary `hrm_agent train` run in a local
    work folder, resumed from `--from` when that holds its checkpoint, and stopped by SIGTERM
    at the window's deadline (the trainer then checkpoints at once). `--parallel` runs go at
@@ -28,6 +28,7 @@ files what came back into the repo (`pretrained/gpu-runs/`).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -72,6 +73,7 @@ GRACE_S = 45  # after SIGTERM, how long a run may take to checkpoint before it i
 # (at most a tenth of the budget, and 10 s, so a minute's dry run still trains)
 POLL_S = 2.0
 TAIL_LINES = 30  # of a failed subprocess's output, into job.log
+JOB_OWN = ("hrm_agent.gpujob", "hrm_agent.cli", "hrm_agent.__main__", "hrm_agent.bench")
 
 
 class JobError(ValueError):
@@ -100,7 +102,19 @@ def report() -> dict[str, Any]:
     except ImportError:
         info["triton"] = None
     info["c_compiler"] = triton_c_compiler()
+    info["code"] = training_code()
     return info
+
+
+def training_code() -> str:
+    """A hash of the package's loaded modules but the job's own (the code a run executes): a
+    fast-path verdict holds for the code it was measured on, and no other."""
+    digest = hashlib.sha256()
+    for name in sorted(sys.modules):
+        file = getattr(sys.modules[name], "__file__", None)
+        if name.split(".")[0] == "hrm_agent" and file and not name.startswith(JOB_OWN):
+            digest.update(name.encode() + Path(file).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 class Log:
@@ -269,9 +283,9 @@ class Job:
         return bench
 
     def earlier_verdict(self) -> dict[str, Any] | None:
-        """The last earlier window (in `--from`'s windows.jsonl) on this GPU, torch and triton,
-        if it trained on the fast path by a measured verdict (its own bench's, or one it reused)
-        and no run of it failed: then that verdict stands for this window too."""
+        """The last earlier window (in `--from`'s windows.jsonl) on this GPU, torch, triton and
+        training code, if it trained on the fast path by a measured verdict (its own bench's, or
+        one it reused) and no run of it failed: then that verdict stands for this window too."""
         path = self.carried / "windows.jsonl" if self.carried else None
         if path is None or not path.is_file():
             return None
@@ -282,7 +296,7 @@ class Job:
             return None
         same = lambda w: (w.get("device") == "cuda" and not w.get("toy") and all(  # noqa: E731
             w.get("report", {}).get(key) == self.info["report"].get(key)
-            for key in ("gpu", "torch", "triton")))
+            for key in ("gpu", "torch", "triton", "code")))
         last = next((w for w in reversed(windows) if same(w)), None)
         measured = last and last.get("fast") and (last.get("bench") or last.get("fast_verified_by"))
         failed = last and any(run.get("error") for run in last.get("runs", {}).values())
@@ -306,7 +320,7 @@ class Job:
         if earlier:
             self.info["fast_verified_by"] = earlier["date"]
             self.log(f"training fast without a bench: the window of {earlier['date']} found the "
-                     "fast path equal to eager and faster on this GPU, torch and triton")
+                     "fast path equal to eager and faster on this GPU, torch, triton and code")
             return True
         bench = self.measure("paper-fourrooms", "bench")
         if bench["ok"] and self.bench_maze:

@@ -182,7 +182,8 @@ def test_auto_trains_fast_only_if_the_benchmark_finds_it_equal_and_faster(tmp_pa
     assert job.info["bench"] is bench and "bench_maze" not in job.info
 
 
-H100 = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.11.0+cu130", "triton": "3.6.0"}
+H100 = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.11.0+cu130", "triton": "3.6.0",
+        "code": "0123456789abcdef"}
 
 
 def _window(date, fast=True, bench=True, reused=False, error="", **report):
@@ -203,15 +204,16 @@ def _window(date, fast=True, bench=True, reused=False, error="", **report):
     ([_window("12-01"), _window("12-02", torch="2.12.0+cu130")], {}, "12-01"),
     ([_window("12-01", gpu="NVIDIA H200")], {}, None),
     ([_window("12-01", torch="2.12.0+cu130")], {}, None),
+    ([_window("12-01", code="fedcba9876543210")], {}, None),
     ([_window("12-01"), _window("12-02", fast=False)], {}, None),
     ([_window("12-01"), _window("12-02", error="RuntimeError: CUDA error")], {}, None),
     ([_window("12-01", bench=False)], {}, None),  # --fast on: trained fast, never measured
     ([_window("12-01")], {"fast": "bench"}, None),
     ([_window("12-01")], {"bench_maze": True}, None),
 ], ids=["no earlier window", "measured here", "reused here", "the last on this machine",
-        "another GPU", "another torch", "last trained eager", "a run failed", "never measured",
+        "another GPU", "another torch", "other code", "last trained eager", "a run failed", "never measured",
         "--fast bench", "--bench-maze"])
-def test_auto_skips_the_bench_after_a_window_on_the_same_gpu_and_torch_measured_it(
+def test_auto_skips_the_bench_after_a_window_on_the_same_gpu_torch_and_code_measured_it(
         tmp_path, monkeypatch, windows, flags, reused):
     carried = tmp_path / "gpu-runs"
     carried.mkdir()
@@ -227,6 +229,24 @@ def test_auto_skips_the_bench_after_a_window_on_the_same_gpu_and_torch_measured_
     assert bool(benched) == (reused is None)
     if reused:
         assert f"the window of {reused} found" in (tmp_path / "out" / "job.log").read_text()
+
+
+def test_the_code_hash_follows_the_training_modules_not_the_jobs_own(tmp_path, monkeypatch):
+    import types
+
+    from hrm_agent.gpujob import training_code
+
+    def module(name, text):
+        (tmp_path / f"{name}.py").write_text(text)
+        monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(__file__=str(tmp_path / f"{name}.py")))
+
+    module("hrm_agent.fake_layer", "x = 1")
+    module("hrm_agent.bench.fake", "y = 1")
+    before = training_code()
+    module("hrm_agent.bench.fake", "y = 2")  # the job's own: a bench is not what a run executes
+    assert training_code() == before
+    module("hrm_agent.fake_layer", "x = 2")
+    assert training_code() != before
 
 
 def test_a_bench_stopped_by_its_timeout_keeps_what_it_measured(tmp_path, monkeypatch):

@@ -464,7 +464,8 @@ class Trainer:
         device = self.device
         load_module_state(self.model, state["model"], "checkpoint model")
         load_module_state(self.target, state["target"], "checkpoint target")
-        # Moves the moments to the parameters' device and leaves the step counters on the CPU.
+        # Moves the moments, and the step counts (AdamATan2.load_state_dict), to the
+        # parameters' device.
         self.optimizer.load_state_dict(state["optimizer"])
         self.task_optimizer.load_state_dict(state["task_optimizer"])
         self.replay.load_state_dict(state["replay"])

@@ -152,7 +152,8 @@ TINY_JOB = ["model.hidden_size=32", "model.H_layers=1", "model.L_layers=1", "mod
 
 
 def _auto_job(tmp_path, monkeypatch, fast="auto", carried=None, **kwargs):
-    """A `--fast auto` job whose smoke test passes (the benchmark is the test's to fake)."""
+    """A job (`--fast auto` unless told) whose smoke test passes (the benchmark is the test's
+    to fake)."""
     from hrm_agent.gpujob import Job
 
     (tmp_path / "out").mkdir()
@@ -186,7 +187,7 @@ H100 = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.11.0+cu130", "triton": "3.6.
         "code": "0123456789abcdef"}
 
 
-def _window(date, fast=True, bench=True, reused=False, error="", **report):
+def _window(date, fast=True, bench=True, reused=None, error="", **report):
     """A windows.jsonl line as gpu-import writes it, of a window on `report` (default: H100)."""
     window = {"date": date, "device": "cuda", "toy": False, "report": {**H100, **report},
               "fast": fast, "runs": {"fourrooms-carry-z": {"state": "stopped", "error": error}}}
@@ -211,8 +212,8 @@ def _window(date, fast=True, bench=True, reused=False, error="", **report):
     ([_window("12-01")], {"fast": "bench"}, None),
     ([_window("12-01")], {"bench_maze": True}, None),
 ], ids=["no earlier window", "measured here", "reused here", "the last on this machine",
-        "another GPU", "another torch", "other code", "last trained eager", "a run failed", "never measured",
-        "--fast bench", "--bench-maze"])
+        "another GPU", "another torch", "other code", "last trained eager", "a run failed",
+        "never measured", "--fast bench", "--bench-maze"])
 def test_auto_skips_the_bench_after_a_window_on_the_same_gpu_torch_and_code_measured_it(
         tmp_path, monkeypatch, windows, flags, reused):
     carried = tmp_path / "gpu-runs"

@@ -66,7 +66,9 @@ TOY = ["model.hidden_size=32", "model.H_layers=1", "model.L_layers=1", "model.se
        "train.checkpoint_interval=8", "train.log_interval=8"]
 # `bench train --quick` of one paper profile compiles it cold (the paper segment took ~80 s on a
 # 2-core CPU), after the small fast-path check: minutes. A bench stopped here loses its verdict
-# (the runs train eager) and keeps only the measurements it finished (`last_partial`).
+# (the runs train eager) and keeps only the measurements it finished (`last_partial`). Nor may a
+# bench run past the window's budget (`--bench-maze` adds a second): the machine's limit on a
+# command would kill the whole job, before its job.json is written.
 BENCH_TIMEOUT_S = 360
 MIN_RUN_S = 30  # a run starts (or, its fast path failed, restarts eagerly) only with this much time left
 GRACE_S = 45  # after SIGTERM, how long a run may take to checkpoint before it is killed
@@ -251,9 +253,12 @@ class Job:
     def benchmark(self, profile: str) -> dict[str, Any]:
         """`bench train --quick` on `profile`, eager and fast, in a subprocess (one profile at a
         time: each compiles anew, minutes that the runs need more)."""
+        left = self.end - time.monotonic()
+        if left < MIN_RUN_S:
+            return {"ok": False, "reason": "skipped, no time left in the budget"}
         cmd = [sys.executable, "-m", "hrm_agent", "bench", "train", "--quick", "--json",
                "--profiles", profile]
-        outcome = self.subprocess(cmd, timeout_s=BENCH_TIMEOUT_S)
+        outcome = self.subprocess(cmd, timeout_s=min(BENCH_TIMEOUT_S, left))
         if outcome["ok"]:
             outcome["result"] = json.loads(outcome.pop("stdout").strip().splitlines()[-1])
         else:
@@ -280,6 +285,7 @@ class Job:
         bench = self.info[key] = self.benchmark(profile)
         self.log(f"bench train {profile} ({time.monotonic() - start:.0f} s): "
                  + json.dumps(bench.get("result") or [bench["reason"], bench.get("partial")]))
+        self.mirror()  # job.json: the measurement comes back even if the window ends now
         return bench
 
     def earlier_verdict(self) -> dict[str, Any] | None:

@@ -258,15 +258,28 @@ def test_a_bench_stopped_by_its_timeout_keeps_what_it_measured(tmp_path, monkeyp
     measured = {"fast_path_check": {"ok": True}, "paper-fourrooms": {"eager": {"optimizer_steps_per_s": 40.0}}}
     stderr = f"compiling\n{PARTIAL}{{}}\n{PARTIAL}{json.dumps(measured)}\nstill compiling\n"
 
+    given = []
+
     def timeout(cmd, **kwargs):  # as subprocess.run gives it: bytes, whatever `text` says
+        given.append(kwargs["timeout"])
         raise gpujob.subprocess.TimeoutExpired(cmd, kwargs["timeout"], stderr=stderr.encode())
 
     monkeypatch.setattr(gpujob.subprocess, "run", timeout)
     assert job.choose_fast() is False  # no verdict: the runs train eager
     bench = job.info["bench"]
-    assert bench == {"ok": False, "reason": f"timed out after {gpujob.BENCH_TIMEOUT_S} s",
-                     "partial": measured}
+    assert 55 < given[0] <= 60  # the job's 1-minute budget, not BENCH_TIMEOUT_S: no run past it
+    assert bench == {"ok": False, "reason": f"timed out after {given[0]:.0f} s", "partial": measured}
+    assert json.loads((tmp_path / "out" / "job.json").read_text())["bench"] == bench
     assert "    still compiling" in (tmp_path / "out" / "job.log").read_text()
+
+
+def test_a_bench_is_not_started_without_time_left_in_the_budget(tmp_path, monkeypatch):
+    from hrm_agent import gpujob
+
+    job = _auto_job(tmp_path, monkeypatch)
+    job.end = time.monotonic() + gpujob.MIN_RUN_S - 1  # (a first bench took the window)
+    monkeypatch.setattr(gpujob.subprocess, "run", lambda *args, **kwargs: pytest.fail("ran"))
+    assert job.benchmark("paper-maze") == {"ok": False, "reason": "skipped, no time left in the budget"}
 
 
 def test_a_failed_bench_leaves_its_traceback_in_the_job_log(tmp_path, monkeypatch):

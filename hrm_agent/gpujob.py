@@ -584,8 +584,18 @@ def history_markdown(into: str | Path) -> str:
         lines.append(f"| `{name}` | {len(own)} | {last['step']:,} | {minutes:.1f} | {rate} | {top} |")
     gpus = sorted({w["report"].get("gpu", "CPU (dry run)") for w in windows})
     lines += ["", f"Devices: {', '.join(gpus)}. Windows: "
-              + ", ".join(f"{w['date']} ({w.get('wall_s', 0) / 60:.1f} min)" for w in windows) + "."]
+              + ", ".join(f"{w['date']} ({w.get('wall_s', 0) / 60:.1f} min, {_trained_on(w)})"
+                          for w in windows) + "."]
     return "\n".join(lines + bench_markdown(windows)) + "\n"
+
+
+def _trained_on(window: dict[str, Any]) -> str:
+    """How a window's runs trained: eager, or fast and by whose verdict."""
+    if not window.get("fast"):
+        return "eager"
+    if window.get("fast_verified_by"):
+        return f"fast, as measured on {window['fast_verified_by']}"
+    return "fast" if window.get("bench") else "fast, unmeasured"
 
 
 def bench_markdown(windows: list[dict[str, Any]]) -> list[str]:

@@ -44,6 +44,8 @@ def test_dry_run_returns_resumable_runs_and_a_second_window_resumes_them(tmp_pat
     into, agents = tmp_path / "gpu-runs", tmp_path / "agents"
     import_window(out, into, agents)
     assert len((into / "windows.jsonl").read_text().splitlines()) == 1
+    window = f"{time.strftime('%Y-%m-%d')} ({info['wall_s'] / 60:.1f} min, eager)"
+    assert window in (into / "README.md").read_text()
     for run in RUNS:
         assert (into / run / CHECKPOINT).is_file() and (agents / run / "agent.pt").is_file()
         # a run folder as notebook 02 plots it: its config says how it was trained
@@ -230,6 +232,18 @@ def test_auto_skips_the_bench_after_a_window_on_the_same_gpu_torch_and_code_meas
     assert bool(benched) == (reused is None)
     if reused:
         assert f"the window of {reused} found" in (tmp_path / "out" / "job.log").read_text()
+
+
+@pytest.mark.parametrize("window, path", [
+    (_window("12-01", fast=False), "eager"),
+    (_window("12-01"), "fast"),
+    (_window("12-02", bench=False, reused="12-01"), "fast, as measured on 12-01"),
+    (_window("12-01", bench=False), "fast, unmeasured"),
+])
+def test_the_runs_readme_says_how_each_window_trained(window, path):
+    from hrm_agent.gpujob import _trained_on
+
+    assert _trained_on(window) == path
 
 
 def test_the_code_hash_follows_the_training_modules_not_the_jobs_own(tmp_path, monkeypatch):

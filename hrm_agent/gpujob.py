@@ -304,9 +304,8 @@ class Job:
             w.get("report", {}).get(key) == self.info["report"].get(key)
             for key in ("gpu", "torch", "triton", "code")))
         last = next((w for w in reversed(windows) if same(w)), None)
-        measured = last and last.get("fast") and (last.get("bench") or last.get("fast_verified_by"))
         failed = last and any(run.get("error") for run in last.get("runs", {}).values())
-        return last if measured and not failed else None
+        return last if last and _measured_fast(last) and not failed else None
 
     def choose_fast(self) -> bool:
         """Whether the runs train on the fast path: `--fast on`/`off`; or (auto) an earlier
@@ -589,13 +588,19 @@ def history_markdown(into: str | Path) -> str:
     return "\n".join(lines + bench_markdown(windows)) + "\n"
 
 
+def _measured_fast(window: dict[str, Any]) -> bool:
+    """Whether a window trained on the fast path by a bench's verdict: its own, or one it reused."""
+    return bool(window.get("fast") and (window.get("bench") or window.get("fast_verified_by")))
+
+
 def _trained_on(window: dict[str, Any]) -> str:
     """How a window's runs trained: eager, or fast and by whose verdict."""
     if not window.get("fast"):
         return "eager"
-    if window.get("fast_verified_by"):
-        return f"fast, as measured on {window['fast_verified_by']}"
-    return "fast" if window.get("bench") else "fast, unmeasured"
+    if not _measured_fast(window):
+        return "fast, unmeasured"
+    by = window.get("fast_verified_by")
+    return f"fast, as measured on {by}" if by else "fast"
 
 
 def bench_markdown(windows: list[dict[str, Any]]) -> list[str]:

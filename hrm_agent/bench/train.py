@@ -205,8 +205,11 @@ def kernel_profile(trainer: Trainer, wall_ms_per_step: float, cycles: int = 2,
     def own_us(event) -> float:
         return event.self_device_time_total if cuda else event.self_cpu_time_total
 
-    events = sorted((e for e in prof.key_averages() if e.device_type == kind and own_us(e) > 0),
-                    key=own_us, reverse=True)
+    # A user annotation (e.g. torch.optim's "Optimizer.step#AdamATan2.step") is a range, not a
+    # kernel: on CUDA its time spans the kernels inside it, launch gaps included, so counting it
+    # would count them twice (as torch's own tables, leave it out).
+    events = sorted((e for e in prof.key_averages() if e.device_type == kind and own_us(e) > 0
+                     and not e.is_user_annotation), key=own_us, reverse=True)
     busy_us = sum(own_us(e) for e in events)
     ms = busy_us / 1e3 / steps
     return {"ms_per_step": round(ms, 3), "busy": round(ms / wall_ms_per_step, 3),

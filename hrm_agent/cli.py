@@ -213,7 +213,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="an empty folder: what the window returns")
     p.add_argument("--from", dest="carried", metavar="DIR",
                    help="resume each run from DIR/<run>/checkpoint.pt when there (pretrained/gpu-runs)")
-    p.add_argument("--minutes", type=float, default=8.5, help="wall-clock budget, smoke test and bench included")
+    p.add_argument("--minutes", type=float, default=8.5,
+                   help="wall-clock budget, smoke test and bench included; the runs stop 10 s "
+                        "before its end, and a run still checkpointing is killed 35 s after it")
     p.add_argument("--runs", help="comma-separated subset, in priority order (default: all four)")
     p.add_argument("--parallel", type=int, default=0,
                    help="runs at once; one that ends early hands its place on (default: one "

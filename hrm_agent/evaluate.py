@@ -55,12 +55,13 @@ class Episodes:
 
 
 @torch.no_grad()
-def run_episodes(model: QNetwork, env, *, carry_z: bool, seed: int,
-                 record: bool = False) -> Episodes:
-    """Run one greedy episode in each of `env.num_envs` envs, from `env.reset(seed)`."""
+def run_episodes(model: QNetwork, env, *, carry_z: bool, seed: int, record: bool = False,
+                 forward=None) -> Episodes:
+    """Run one greedy episode in each of `env.num_envs` envs, from `env.reset(seed)`; `forward`
+    as `Agent`'s."""
     was_training = model.training
     model.eval()
-    agent = Agent(model, env.num_envs, carry_z)
+    agent = Agent(model, env.num_envs, carry_z, forward=forward)
 
     def act(obs, episode_start):
         step = agent.act(obs, episode_start)
@@ -116,10 +117,11 @@ def _rollout(env, act, *, seed: int, record: bool) -> Episodes:
 
 
 def evaluate(model: QNetwork, env_config, *, carry_z: bool, episodes: int, seed: int,
-             device="cpu") -> dict[str, float]:
-    """The validation metrics over `episodes` fresh episodes (all run in parallel)."""
+             device="cpu", forward=None) -> dict[str, float]:
+    """The validation metrics over `episodes` fresh episodes (all run in parallel); `forward`
+    as `Agent`'s."""
     env = env_config.make(episodes, device=device, seed=seed)
-    return run_episodes(model, env, carry_z=carry_z, seed=seed).metrics()
+    return run_episodes(model, env, carry_z=carry_z, seed=seed, forward=forward).metrics()
 
 
 def proportion_ci(successes: np.ndarray, z: float = 1.96) -> tuple[float, float]:

@@ -7,7 +7,7 @@ with the machine's own python3 (torch, numpy and tqdm are all it needs), does in
    `bench train --quick` on paper-fourrooms, eager and fast (torch.compile + CUDA graphs);
    the fast path is kept only if it runs, trains a small fp32 run exactly as the eager path
    does, and is faster (`--bench-maze`: paper-maze too, for the record, ~2 more minutes).
-   A window skips the bench, and gives its minutes to training, when the last window on the
+   A window skips both, and gives their minutes to training, when the last window on the
    same GPU, torch, triton and training code (`windows.jsonl` in `--from`) trained on a
    measured fast path without a failure; `--fast bench` measures anew;
 3. the queue, in priority order (`RUNS`): each an ordinary `hrm_agent train` run in a local
@@ -56,8 +56,7 @@ RUNS = {"fourrooms-carry-z": ("paper-fourrooms", True), "fourrooms-reset-z": ("p
 # Fresh runs checkpoint every 1,000 steps, so a window cut short loses little, and validate at
 # the paper profile's cadence, every 5,000 (the paper: ~5.5K). A validation of an untrained
 # agent (256 episodes of 80 steps, 8 segments each) costs the compute of 150-200 optimizer
-# steps, and on a GPU it runs without CUDA graphs: every 1,000 steps it would take a fifth or
-# more of the window.
+# steps; on an H100 one took ~10 s before it replayed the acting graph (`Trainer.validate`).
 JOB_SETTINGS = ["train.checkpoint_interval=1000", "train.log_interval=250"]
 # `--toy`: the paper's structure at a size a CPU runs in seconds (the dry run in the tests).
 TOY = ["model.hidden_size=32", "model.H_layers=1", "model.L_layers=1", "model.segments=2",
@@ -71,8 +70,11 @@ TOY = ["model.hidden_size=32", "model.H_layers=1", "model.L_layers=1", "model.se
 # command would kill the whole job, before its job.json is written.
 BENCH_TIMEOUT_S = 360
 MIN_RUN_S = 30  # a run starts (or, its fast path failed, restarts eagerly) only with this much time left
-GRACE_S = 45  # after SIGTERM, how long a run may take to checkpoint before it is killed
-# (at most a tenth of the budget, and 10 s, so a minute's dry run still trains)
+# The runs get SIGTERM STOP_S before the budget's end (a paper run checkpointed and exited within
+# ~5 s of it on an H100), and one still going GRACE_S after that is killed: a job overruns its
+# budget by 35 s at most, which the default 8.5 minutes leave within a 10-minute command.
+STOP_S = 10
+GRACE_S = 45
 POLL_S = 2.0
 TAIL_LINES = 30  # of a failed subprocess's output, into job.log
 JOB_OWN = ("hrm_agent.gpujob", "hrm_agent.cli", "hrm_agent.__main__", "hrm_agent.bench")
@@ -196,7 +198,6 @@ class Job:
         self.out, self.work, self.toy = out, work, toy
         self.started = time.monotonic()
         self.end = self.started + 60 * minutes
-        self.grace = min(GRACE_S, max(10.0, 6 * minutes))
         self.parallel, self.fast, self.device, self.bench_maze = parallel, fast, device, bench_maze
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
         if device == "cpu":
@@ -308,10 +309,17 @@ class Job:
         return last if last and _measured_fast(last) and not failed else None
 
     def choose_fast(self) -> bool:
-        """Whether the runs train on the fast path: `--fast on`/`off`; or (auto) an earlier
-        window's verdict on this machine (`earlier_verdict`), else, as `--fast bench` always,
-        the benchmark's verdict on paper-fourrooms (with `--bench-maze`, paper-maze is measured
-        too, for the record)."""
+        """Whether the runs train on the fast path: (auto) an earlier window's verdict on this
+        machine (`earlier_verdict`), which skips the smoke test too; else, after the smoke test,
+        `--fast on`/`off`, or (auto, and `--fast bench` always) the benchmark's verdict on
+        paper-fourrooms (with `--bench-maze`, paper-maze is measured too, for the record)."""
+        earlier = self.earlier_verdict() if self.fast == "auto" and not self.bench_maze else None
+        if earlier:  # that window ran this very code here: no smoke test can tell more
+            self.info["fast_verified_by"] = earlier["date"]
+            self.log(f"training fast without a smoke test or a bench: the window of "
+                     f"{earlier['date']} found the fast path equal to eager and faster, and "
+                     "trained on it, on this GPU, torch, triton and code")
+            return True
         eager = self.smoke()
         eager.pop("stdout", None)
         self.info["smoke"] = {"eager": eager}
@@ -321,12 +329,6 @@ class Job:
                  f"({eager['wall_s']} s)")
         if self.fast in ("on", "off"):  # on: trust it unmeasured (a failing run is retried eagerly)
             return self.fast == "on"
-        earlier = None if self.fast == "bench" or self.bench_maze else self.earlier_verdict()
-        if earlier:
-            self.info["fast_verified_by"] = earlier["date"]
-            self.log(f"training fast without a bench: the window of {earlier['date']} found the "
-                     "fast path equal to eager and faster on this GPU, torch, triton and code")
-            return True
         bench = self.measure("paper-fourrooms", "bench")
         if bench["ok"] and self.bench_maze:
             self.measure("paper-maze", "bench_maze")
@@ -364,11 +366,11 @@ class Job:
         now = time.monotonic()
         if run.state == "running" and now >= run.deadline:
             run.process.send_signal(signal.SIGTERM)
-            run.state, run.deadline = "stopping", now + self.grace
+            run.state, run.deadline = "stopping", now + GRACE_S
         elif run.state == "stopping" and now >= run.deadline:
             run.process.kill()
             run.deadline = math.inf
-            self.log(f"{run.name}: killed {self.grace:.0f} s after SIGTERM")
+            self.log(f"{run.name}: killed {GRACE_S} s after SIGTERM")
         code = run.process.poll()
         if code is None:
             return
@@ -434,7 +436,7 @@ class Job:
             self.parallel = 1 if fast or self.device == "cpu" else len(self.runs)
         self.info["parallel"] = self.parallel
         self.env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // self.parallel))
-        queue, deadline = list(self.runs), self.end - self.grace
+        queue, deadline = list(self.runs), self.end - STOP_S
         while True:
             active = [run for run in self.runs if run.state in ("running", "stopping")]
             while queue and len(active) < self.parallel:

@@ -305,3 +305,28 @@ def test_a_short_run_under_emulated_cuda_graphs_is_the_eager_run(overrides, monk
         *overrides, "train.val_interval=24", "train.val_episodes=8"))  # (one short validation)
     assert check == {"same_transitions": True, "max_z_diff": 0.0, "max_weight_diff": 0.0, "ok": True}
     assert len(graphs) == 2 and all(g.graph is not None and g.graph.ops for g in graphs)
+
+
+def test_validation_replays_the_acting_graph_once_captured(monkeypatch):
+    """A validation of one episode per training env runs through the acting forward's graph
+    (on a GPU, far faster than the compiled segments launched one by one) and measures what
+    the plain forward measures; one of another size cannot, and runs plainly."""
+    monkeypatch.setattr(trainer_module, "CUDAGraphed", EmulatedCUDAGraphed)
+    monkeypatch.setattr(trainer_module, "fast_path", lambda tc, device: (False, True))
+    trainer = Trainer(load_profile("paper-fourrooms", [*CHECK, "train.device='cpu'"]))
+    acting = trainer.agent.forward
+    replays = []
+    trainer.validate()  # before the capture: plainly
+    while acting.graph is None:
+        trainer.collect()
+    replay = acting.graph.replay
+    monkeypatch.setattr(acting.graph, "replay", lambda: replays.append(1) or replay())
+    tc = trainer.config.train
+    plain = trainer_module.evaluate(trainer.model, trainer.config.env, carry_z=tc.carry_z,
+                                    episodes=tc.val_episodes, seed=tc.val_seed)
+    assert trainer.validate() == {"step": 0, **plain}
+    assert len(replays) == trainer.config.env.max_steps  # (an untrained agent: some episode times out)
+    trainer.config = dataclasses.replace(trainer.config, train=dataclasses.replace(tc, val_episodes=4))
+    replays.clear()
+    trainer.validate()
+    assert not replays

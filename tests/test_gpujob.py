@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -223,13 +224,15 @@ def test_auto_skips_the_bench_after_a_window_on_the_same_gpu_torch_and_code_meas
     (carried / "windows.jsonl").write_text("".join(json.dumps(w) + "\n" for w in windows))
     job = _auto_job(tmp_path, monkeypatch, carried=carried, **flags)
     job.info["report"] = dict(H100, python="3.12.3")
-    benched = []
+    smoked, benched = [], []
+    monkeypatch.setattr(job, "smoke", lambda: smoked.append(1) or {
+        "ok": True, "wall_s": 1.0, "optimizer_steps_per_s": 40.0})
     equal_and_faster = {"ok": True, "result": {"fast_path_check": {"ok": True}, "paper-fourrooms": {
         "eager": {"optimizer_steps_per_s": 40.0}, "fast": {"optimizer_steps_per_s": 300.0}}}}
     monkeypatch.setattr(job, "benchmark", lambda profile: benched.append(profile) or equal_and_faster)
     assert job.choose_fast() is True
     assert job.info.get("fast_verified_by") == reused
-    assert bool(benched) == (reused is None)
+    assert bool(smoked) == bool(benched) == (reused is None)  # that window ran this code here
     if reused:
         assert f"the window of {reused} found" in (tmp_path / "out" / "job.log").read_text()
 
@@ -388,10 +391,12 @@ def test_the_queue_runs_in_priority_order_and_a_finished_run_hands_its_place_on(
     monkeypatch.setattr(gpujob.subprocess, "Popen", Process)
     monkeypatch.setattr(gpujob, "POLL_S", 0.01)
     monkeypatch.setattr(gpujob, "MIN_RUN_S", 0.0)
+    monkeypatch.setattr(gpujob, "STOP_S", 0.0)
+    monkeypatch.setattr(gpujob, "GRACE_S", 0.0)
     (tmp_path / "out").mkdir()
     job = Job(tmp_path / "out", tmp_path / "work", names, minutes=1.0, parallel=0,
               carried=None, toy=True, fast="auto", device="cuda")
-    job.end, job.grace = time.monotonic() + 0.5, 0.0
+    job.end = time.monotonic() + 0.5
     job.train(fast)
     states = {run.name: run.state for run in job.runs}
     if together:
@@ -400,6 +405,23 @@ def test_the_queue_runs_in_priority_order_and_a_finished_run_hands_its_place_on(
     else:  # the second starts when the first has finished; the third finds no time left
         assert job.info["parallel"] == 1 and alive_at_launch == dict(zip(names[:2], [[], []]))
         assert states == dict(zip(names, ["done", "done", "skipped"]))
+
+
+def test_the_runs_train_until_shortly_before_the_budgets_end(tmp_path, monkeypatch):
+    """SIGTERM comes STOP_S (10 s) before the end: a run checkpoints within seconds of it, and the
+    grace before a kill lies past the end, not inside the window's training time."""
+    import hrm_agent.gpujob as gpujob
+
+    job = _auto_job(tmp_path, monkeypatch)
+    deadlines = []
+
+    def launch(run, fast, deadline):  # a run that ends at once
+        deadlines.append(deadline)
+        run.state, run.started, run.process = "running", time.monotonic(), SimpleNamespace(poll=lambda: 0)
+
+    monkeypatch.setattr(job, "launch", launch)
+    job.train(fast=True)
+    assert deadlines == [job.end - gpujob.STOP_S] and gpujob.STOP_S < gpujob.GRACE_S
 
 
 @pytest.mark.parametrize("device, dtype", [("cuda", "bfloat16"), ("cpu", "auto")])

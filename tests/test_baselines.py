@@ -18,7 +18,6 @@ from hrm_agent.models import MODELS, CNNQNetwork, HRMQNetwork, build_model
 from hrm_agent.trainer import Trainer, load_agent
 from tests.conftest import TINY, tiny_config
 
-PRETRAINED = Path(__file__).parent.parent / "pretrained"
 SMALL_RUN = ["env.num_envs=8", "train.batch_size=16", "train.buffer_capacity=4096",
              "train.learning_starts=16", "train.val_episodes=16", "train.device='cpu'",
              "train.log_interval=4", "train.val_interval=8", "train.checkpoint_interval=8"]
@@ -123,14 +122,18 @@ def test_transformer_has_h_plus_l_layers_of_hrm_blocks_and_validates_rope2d():
                                                    "model.hidden_size=12", "model.num_heads=2"])
 
 
-def test_configs_and_agents_from_before_kinds_load_as_the_paper_hrm():
-    data = json.loads((PRETRAINED / "fourrooms-carry-z" / "config.json").read_text())
-    assert "kind" not in data["model"]
+def test_configs_and_agents_from_before_kinds_load_as_the_paper_hrm(tmp_path):
+    """A config as the first shipped agents had it (no model.kind, grid_width, pos_encoding or
+    readout; model.compile), and an agent saved with it, load as the paper's HRM."""
+    data = json.loads((Path(__file__).parent / "data" / "config_before_kinds.json").read_text())
+    assert "kind" not in data["model"] and "compile" in data["model"]
     config = experiment_from_dict(data)
     assert config.model.kind == "hrm" and config.model.grid_width == 11
     assert config.model.pos_encoding == "rope" and config.model.readout == "last"
-    model, _ = load_agent(PRETRAINED / "maze-reset-z" / "agent.pt")  # strict state-dict load
-    assert isinstance(model, HRMQNetwork) and model.config.grid_width == 13
+    agent = {"model": build_model(config.model).state_dict(), "config": data}
+    save_checkpoint(agent, tmp_path / "agent.pt")
+    model, _ = load_agent(tmp_path / "agent.pt")  # strict state-dict load
+    assert isinstance(model, HRMQNetwork) and model.config == config.model
 
 
 def test_a_baseline_trains_and_resumes_through_the_unchanged_trainer_also_under_carry_z(tmp_path):

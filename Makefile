@@ -68,13 +68,15 @@ notebooks: setup
 	done
 
 # Retrain the committed CPU agents (pretrained/<name>/): the CNN baselines, and the HRM at the
-# CPU profiles (the paper-profile HRM agents come from a GPU: README, "Training on a GPU").
+# CPU profiles. An HRM agent with a GPU run (pretrained/gpu-runs/<name>/) is the paper-profile
+# one that run exported, and is kept (README, "Training on a GPU").
 PRETRAINED := fourrooms-cnn:--profile=cpu-cnn-fourrooms maze-cnn:--profile=cpu-cnn-maze \
   fourrooms-carry-z:--profile=cpu-fourrooms:--carry-z fourrooms-reset-z:--profile=cpu-fourrooms:--reset-z \
   maze-carry-z:--profile=cpu-maze:--carry-z maze-reset-z:--profile=cpu-maze:--reset-z
 pretrained: setup
 	for spec in $(PRETRAINED); do \
 	  name=$${spec%%:*}; args=$$(echo $${spec#*:} | tr ':' ' '); run=runs/pretrained/$$name; \
+	  if [ -d pretrained/gpu-runs/$$name ]; then echo "pretrained/$$name: kept (its GPU run)"; continue; fi; \
 	  $(BIN)/python -m hrm_agent train $$args --out $$run --overwrite --no-progress && \
 	  $(BIN)/python -m hrm_agent export --checkpoint $$run/checkpoint.pt --out pretrained/$$name/agent.pt && \
 	  cp $$run/metrics.jsonl $$run/config.json pretrained/$$name/ || exit 1; \

@@ -585,8 +585,11 @@ def history_markdown(into: str | Path) -> str:
         lines.append(f"| `{name}` | {len(own)} | {last['step']:,} | {minutes:.1f} | {rate} | {top} |")
     gpus = sorted({w["report"].get("gpu", "CPU (dry run)") for w in windows})
     lines += ["", f"Devices: {', '.join(gpus)}. Windows: "
-              + ", ".join(f"{w['date']} ({w.get('wall_s', 0) / 60:.1f} min, {_trained_on(w)})"
-                          for w in windows) + "."]
+              + ", ".join(f"{w['date']} ({w.get('wall_s', 0) / 60:.1f} min, {_trained_on(w)}"
+                          f"{_training_share(w)})" for w in windows) + ".",
+              "", "(The share of a window spent training: each run's steps at its last steady",
+              "rate, over the window's wall time and places; the rest went to the smoke test,",
+              "benches, start-up, compiling, validations and checkpoints.)"]
     return "\n".join(lines + bench_markdown(windows)) + "\n"
 
 
@@ -603,6 +606,15 @@ def _trained_on(window: dict[str, Any]) -> str:
         return "fast, unmeasured"
     by = window.get("fast_verified_by")
     return f"fast, as measured on {by}" if by else "fast"
+
+
+def _training_share(window: dict[str, Any]) -> str:
+    """The share of a window its runs spent training, as ", N% training": their steps at their
+    last steady rates, over the window's wall time times its places."""
+    wall = window.get("wall_s", 0) * window.get("parallel", 1)
+    seconds = sum((run["step"] - run["start_step"]) / run["optimizer_steps_per_s"]
+                  for run in window["runs"].values() if run.get("optimizer_steps_per_s"))
+    return f", {100 * seconds / wall:.0f}% training" if wall > 0 and seconds else ""
 
 
 def bench_markdown(windows: list[dict[str, Any]]) -> list[str]:

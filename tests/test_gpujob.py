@@ -45,8 +45,9 @@ def test_dry_run_returns_resumable_runs_and_a_second_window_resumes_them(tmp_pat
     into, agents = tmp_path / "gpu-runs", tmp_path / "agents"
     import_window(out, into, agents)
     assert len((into / "windows.jsonl").read_text().splitlines()) == 1
-    window = f"{time.strftime('%Y-%m-%d')} ({info['wall_s'] / 60:.1f} min, eager)"
-    assert window in (into / "README.md").read_text()
+    window = f"{time.strftime('%Y-%m-%d')} ({info['wall_s'] / 60:.1f} min, eager, "
+    share = (into / "README.md").read_text().split(window)[1].split("%")[0]
+    assert 0 < int(share) < 100  # the smoke test, start-up and validations took the rest
     for run in RUNS:
         assert (into / run / CHECKPOINT).is_file() and (agents / run / "agent.pt").is_file()
         # a run folder as notebook 02 plots it: its config says how it was trained
@@ -247,6 +248,19 @@ def test_the_runs_readme_says_how_each_window_trained(window, path):
     from hrm_agent.gpujob import _trained_on
 
     assert _trained_on(window) == path
+
+
+@pytest.mark.parametrize("parallel, share", [(1, ", 70% training"), (2, ", 35% training")])
+def test_the_runs_readme_says_what_share_of_each_window_trained(parallel, share):
+    from hrm_agent.gpujob import _training_share
+
+    run = {"step": 0, "start_step": 0, "optimizer_steps_per_s": None}  # skipped
+    window = {"wall_s": 100.0, "parallel": parallel, "runs": {
+        "a": {**run, "step": 1000, "optimizer_steps_per_s": 20.0},  # 50 s of training
+        "b": {**run, "start_step": 500, "step": 700, "optimizer_steps_per_s": 10.0},  # 20 s
+        "c": run}}
+    assert _training_share(window) == share
+    assert _training_share({**window, "runs": {"c": run}}) == ""
 
 
 def test_the_code_hash_follows_the_training_modules_not_the_jobs_own(tmp_path, monkeypatch):

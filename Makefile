@@ -46,9 +46,12 @@ test: setup
 # The quick ones first: the first compiled run of test_fast_path took over a minute on an H100,
 # and a device command cut short still reports what passed. The emulated-graph tests are
 # CPU tests that CI runs.
-CUDA_TESTS := tests/test_envs.py tests/test_model.py tests/test_trainer.py tests/test_fast_path.py
+# test_fused runs whole there: its kernels on the GPU instead of Triton's interpreter.
+CUDA_TESTS := tests/test_envs.py tests/test_model.py tests/test_trainer.py tests/test_fused.py \
+	tests/test_fast_path.py
 test-cuda:
-	$(PYTHON) -m pytest -o addopts="" -p no:cacheprovider -ra -k "cuda and not emulated" $(CUDA_TESTS)
+	$(PYTHON) -m pytest -o addopts="" -p no:cacheprovider -ra -k "(cuda or fused) and not emulated" \
+	  $(CUDA_TESTS)
 
 # The main job: run every notebook in order at CPU-sized defaults; executed copies go to
 # build/notebooks/, figures to figures/.

@@ -162,7 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--profiles", metavar="NAME,...",
                    help="train only: profiles to time (default: the cpu and paper profiles)")
     p.add_argument("--modes", metavar="MODE,...",
-                   help="train only: eager, fast (torch.compile + CUDA graphs on CUDA); default both")
+                   help="train only: eager, fast (torch.compile + CUDA graphs on CUDA), fused (fast with "
+                        "the fused Triton blocks; CUDA only); default: those the device runs")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_bench)
 

@@ -96,6 +96,7 @@ class TrainConfig:
     # Execution (not in the checkpoint's tensors, may change on resume). "auto": on on CUDA.
     compile: Literal["auto", "on", "off"] = "auto"  # torch.compile the network's segment
     cuda_graphs: Literal["auto", "on", "off"] = "auto"  # replay acting and learn steps as CUDA graphs
+    fused_blocks: bool = False  # the HRM's gradient-free updates as one Triton kernel per block (CUDA)
 
     def __post_init__(self):
         positive = ["total_steps", "n_step", "batch_size", "buffer_capacity", "env_steps_per_batch",

@@ -4,9 +4,11 @@
 with the machine's own python3 (torch, numpy and tqdm are all it needs), does in one go:
 1. report: GPU, torch, triton, and whether triton has a C compiler;
 2. smoke: a few optimizer steps of the paper profile in a subprocess (eager), then
-   `bench train --quick` on paper-fourrooms, eager and fast (torch.compile + CUDA graphs);
-   the fast path is kept only if it runs, trains a small fp32 run exactly as the eager path
-   does, and is faster (`--bench-maze`: paper-maze too, for the record, ~2 more minutes).
+   `bench train --quick` on paper-fourrooms, eager, fast (torch.compile + CUDA graphs) and
+   fused (fast, with the HRM's gradient-free blocks as Triton kernels); the fast path is kept
+   only if it runs, trains a small fp32 run exactly as the eager path does, and is faster, and
+   with the fused blocks only if they pass the same check and are faster still
+   (`--bench-maze`: paper-maze too, for the record, ~2 more minutes).
    A window skips both, and gives their minutes to training, when the last window on the
    same GPU, torch, triton and training code (`windows.jsonl` in `--from`) trained on a
    measured fast path without a failure; `--fast bench` measures anew;
@@ -199,6 +201,7 @@ class Job:
         self.started = time.monotonic()
         self.end = self.started + 60 * minutes
         self.parallel, self.fast, self.device, self.bench_maze = parallel, fast, device, bench_maze
+        self.fused = False  # the fast path with the fused blocks, by the bench's verdict
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
         if device == "cpu":
             self.env["CUDA_VISIBLE_DEVICES"] = ""  # a dry run never touches a GPU
@@ -251,14 +254,14 @@ class Job:
                            optimizer_steps_per_s=train[-1]["optimizer_steps_per_s"])
         return outcome
 
-    def benchmark(self, profile: str) -> dict[str, Any]:
-        """`bench train --quick` on `profile`, eager and fast, in a subprocess (one profile at a
+    def benchmark(self, profile: str, modes: list[str]) -> dict[str, Any]:
+        """`bench train --quick` on `profile` in `modes`, in a subprocess (one profile at a
         time: each compiles anew, minutes that the runs need more)."""
         left = self.end - time.monotonic()
         if left < MIN_RUN_S:
             return {"ok": False, "reason": "skipped, no time left in the budget"}
         cmd = [sys.executable, "-m", "hrm_agent", "bench", "train", "--quick", "--json",
-               "--profiles", profile]
+               "--profiles", profile, "--modes", ",".join(modes)]
         outcome = self.subprocess(cmd, timeout_s=min(BENCH_TIMEOUT_S, left))
         if outcome["ok"]:
             outcome["result"] = json.loads(outcome.pop("stdout").strip().splitlines()[-1])
@@ -281,9 +284,9 @@ class Job:
                     "stderr": proc.stderr}
         return {"ok": True, "stdout": proc.stdout}
 
-    def measure(self, profile: str, key: str) -> dict[str, Any]:
+    def measure(self, profile: str, key: str, modes: list[str]) -> dict[str, Any]:
         start = time.monotonic()
-        bench = self.info[key] = self.benchmark(profile)
+        bench = self.info[key] = self.benchmark(profile, modes)
         self.log(f"bench train {profile} ({time.monotonic() - start:.0f} s): "
                  + json.dumps(bench.get("result") or [bench["reason"], bench.get("partial")]))
         self.mirror()  # job.json: the measurement comes back even if the window ends now
@@ -316,6 +319,7 @@ class Job:
         earlier = self.earlier_verdict() if self.fast == "auto" and not self.bench_maze else None
         if earlier:  # that window ran this very code here: no smoke test can tell more
             self.info["fast_verified_by"] = earlier["date"]
+            self.fused = bool(earlier.get("fused"))
             self.log(f"training fast without a smoke test or a bench: the window of "
                      f"{earlier['date']} found the fast path equal to eager and faster, and "
                      "trained on it, on this GPU, torch, triton and code")
@@ -329,9 +333,9 @@ class Job:
                  f"({eager['wall_s']} s)")
         if self.fast in ("on", "off"):  # on: trust it unmeasured (a failing run is retried eagerly)
             return self.fast == "on"
-        bench = self.measure("paper-fourrooms", "bench")
+        bench = self.measure("paper-fourrooms", "bench", ["eager", "fast"])
         if bench["ok"] and self.bench_maze:
-            self.measure("paper-maze", "bench_maze")
+            self.measure("paper-maze", "bench_maze", ["eager", "fast", "fused"])
         if not bench["ok"]:
             self.log("fast path not measured, training eager")
             return False
@@ -341,10 +345,18 @@ class Job:
                      + json.dumps(result["fast_path_check"]))
             return False
         row = result["paper-fourrooms"]
-        faster = row["fast"]["optimizer_steps_per_s"] > row["eager"]["optimizer_steps_per_s"]
-        self.log(f"paper-fourrooms: eager {row['eager']['optimizer_steps_per_s']:.1f}, fast "
-                 f"{row['fast']['optimizer_steps_per_s']:.1f} optimizer steps/s; training "
-                 f"{'fast' if faster else 'eager (fast is not faster)'}")
+        eager, fast = (row[mode]["optimizer_steps_per_s"] for mode in ("eager", "fast"))
+        # the fused blocks in a bench of their own: new kernels that fail, even one that breaks
+        # its process's CUDA context, cost the fast path nothing
+        fused = self.measure("paper-fourrooms", "bench_fused", ["fused"])
+        checked = fused["ok"] and fused["result"]["fused_check"]["ok"]
+        fused_rate = fused["result"]["paper-fourrooms"]["fused"]["optimizer_steps_per_s"] if checked else 0.0
+        self.fused = fused_rate > fast
+        faster = max(fast, fused_rate) > eager
+        self.log(f"paper-fourrooms optimizer steps/s: eager {eager:.1f}, fast {fast:.1f}, fused "
+                 + (f"{fused_rate:.1f}" if checked else "failed its check or did not run")
+                 + "; training " + (("fast with the fused blocks" if self.fused else "fast")
+                                    if faster else "eager (fast is not faster)"))
         return faster
 
     # -- the queue ------------------------------------------------------------------------
@@ -353,7 +365,7 @@ class Job:
         or written before a failed fast try), else fresh."""
         resume = (run.dir / CHECKPOINT).is_file()
         overrides = ([] if resume else run_overrides(run.name, self.toy))
-        overrides += PATHS["fast" if fast else "eager"]
+        overrides += PATHS[("fused" if self.fused else "fast") if fast else "eager"]
         cmd = train_command(run.dir, run.name, resume, overrides)
         log = (run.dir / "train.log").open("a")
         run.process = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
@@ -459,7 +471,7 @@ class Job:
         self.log("report: " + json.dumps(self.info["report"]))
         self.mirror()
         fast = self.choose_fast()
-        self.info["fast"] = fast
+        self.info["fast"], self.info["fused"] = fast, fast and self.fused
         self.train(fast)
         self.info["wall_s"] = round(time.monotonic() - self.started, 1)
         self.mirror()
@@ -604,8 +616,9 @@ def _trained_on(window: dict[str, Any]) -> str:
         return "eager"
     if not _measured_fast(window):
         return "fast, unmeasured"
+    path = "fast with the fused blocks" if window.get("fused") else "fast"
     by = window.get("fast_verified_by")
-    return f"fast, as measured on {by}" if by else "fast"
+    return f"{path}, as measured on {by}" if by else path
 
 
 def _training_share(window: dict[str, Any]) -> str:
@@ -619,28 +632,31 @@ def _training_share(window: dict[str, Any]) -> str:
 
 def bench_markdown(windows: list[dict[str, Any]]) -> list[str]:
     """The windows' `bench train --quick` results (for a bench stopped by its timeout, what it
-    had measured), and the busiest kernels of the last fast path profiled."""
+    had measured; the fused mode measured in a bench of its own, `bench_fused`), and the
+    busiest kernels of the last fast path profiled."""
     rows, busiest = [], None
     for w in windows:
+        fused_bench = _measured(w.get("bench_fused")) or {}
         for bench in (w.get(key) for key in ("bench", "bench_maze")):
-            result = bench and (bench.get("result") or bench.get("partial"))
+            result = _measured(bench)
             if not result:
                 continue
             stopped = "" if bench["ok"] else f" (stopped: {bench['reason']})"
-            checked = result.get("fast_path_check", {}).get("ok")
-            check = {True: "ok", False: "FAILED"}.get(checked, "-")
+            checks = [_check(result.get("fast_path_check")),
+                      _check(result.get("fused_check") or fused_bench.get("fused_check"))]
             for profile in (key for key in result if key.startswith("paper-")):
                 eager, fast = (result[profile].get(mode, {}) for mode in ("eager", "fast"))
+                fused = result[profile].get("fused") or fused_bench.get(profile, {}).get("fused", {})
                 cells = [w["date"], result["device"], profile + stopped]
-                rows.append(_bench_row(cells, eager, fast, check))
+                rows.append(_bench_row(cells, eager, fast, fused, checks))
                 if fast.get("kernels", {}).get("top"):
                     busiest = (w["date"], profile, fast["kernels"])
     if not rows:
         return []
     lines = ["", "## Training speed (`bench train --quick`, run by each window's job)", "",
-             "| window | device | profile | eager optimizer steps/s | fast | fast / eager "
-             "| fast GB/s (of the copy roofline) | fast: device busy | fast path check |",
-             "|---|---|---|---|---|---|---|---|---|", *rows]
+             "| window | device | profile | eager optimizer steps/s | fast | fused | fast / eager "
+             "| fast GB/s (of the copy roofline) | fast: device busy | checks: fast, fused |",
+             "|---|---|---|---|---|---|---|---|---|---|", *rows]
     if busiest:
         date, profile, kernels = busiest
         lines += ["", f"Busiest kernels of the fast path, {profile}, {date} "
@@ -651,10 +667,19 @@ def bench_markdown(windows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def _bench_row(cells: list[str], eager: dict, fast: dict, check: str) -> str:
-    e, f = eager.get("optimizer_steps_per_s"), fast.get("optimizer_steps_per_s")
-    cells += [f"{e:.1f}" if e else "-", f"{f:.1f}" if f else "-",
+def _measured(bench: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A bench's result, or what a stopped one had measured."""
+    return bench and (bench.get("result") or bench.get("partial"))
+
+
+def _check(check: dict[str, Any] | None) -> str:
+    return {True: "ok", False: "FAILED"}.get((check or {}).get("ok"), "-")
+
+
+def _bench_row(cells: list[str], eager: dict, fast: dict, fused: dict, checks: list[str]) -> str:
+    e, f, u = (mode.get("optimizer_steps_per_s") for mode in (eager, fast, fused))
+    cells += [f"{e:.1f}" if e else "-", f"{f:.1f}" if f else "-", f"{u:.1f}" if u else "-",
               f"{f / e:.1f}x" if e and f else "-",
               f"{fast['effective_GBps']} ({fast['fraction_of_copy_roofline']:.2f})" if f else "-",
-              str(fast.get("kernels", {}).get("busy", "-")), check]
+              str(fast.get("kernels", {}).get("busy", "-")), ", ".join(checks)]
     return "| " + " | ".join(cells) + " |"

@@ -58,7 +58,7 @@ DEFAULT_PROFILE = "cpu-fourrooms"
 # What a resumed run may change: how long it goes on, and how it executes (CPU threads,
 # torch.compile, CUDA graphs, attention kernel), none of which is in the checkpoint's tensors.
 EXTENDABLE = ("train.total_steps", "train.max_minutes", "train.num_threads", "train.compile",
-              "train.cuda_graphs", "model.attn_backend")
+              "train.cuda_graphs", "train.fused_blocks", "model.attn_backend")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -69,10 +69,12 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-# The two training paths as --set overrides (`bench train`'s modes, `gpu-job --fast`): "fast" is
-# torch.compile plus, on CUDA, CUDA graphs.
-PATHS = {"eager": ["train.compile='off'", "train.cuda_graphs='off'"],
-         "fast": ["train.compile='on'", "train.cuda_graphs='auto'"]}
+# The training paths as --set overrides (`bench train`'s modes, `gpu-job --fast`): "fast" is
+# torch.compile plus, on CUDA, CUDA graphs; "fused" is "fast" with the HRM's gradient-free
+# updates as one Triton kernel per block (`models/fused.py`; CUDA only).
+PATHS = {"eager": ["train.compile='off'", "train.cuda_graphs='off'", "train.fused_blocks=false"],
+         "fast": ["train.compile='on'", "train.cuda_graphs='auto'", "train.fused_blocks=false"],
+         "fused": ["train.compile='on'", "train.cuda_graphs='auto'", "train.fused_blocks=true"]}
 
 
 def triton_c_compiler() -> str | None:
@@ -169,6 +171,11 @@ class Trainer:
         self.replay = ReplayBuffer(tc.buffer_capacity, self.device, seed=tc.seed + 1,
                                    stride=self.env.num_envs)
         self.generator = torch.Generator(self.device).manual_seed(tc.seed + 2)  # exploration
+        if tc.fused_blocks:
+            for net in (self.model, self.target):
+                if not hasattr(net, "use_fused_blocks"):
+                    raise ValueError(f"train.fused_blocks needs the HRM, the model is {config.model.kind!r}")
+                net.use_fused_blocks()
         self.compiled, self.graphed = fast_path(tc, self.device)
         if self.compiled:
             # A fresh start for dynamo: the compiled variants of earlier runs in this process

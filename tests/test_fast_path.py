@@ -214,7 +214,7 @@ def test_a_compiled_agent_gives_the_eager_q_and_evaluate_compiles_on_request(tmp
 @pytest.mark.slow
 def test_a_short_compiled_run_is_the_eager_run():
     """On a CPU the fast path is torch.compile alone (no CUDA graphs)."""
-    check = check_fast_path(torch.device("cpu"), tolerance=1e-5)
+    check = check_fast_path(torch.device("cpu"), tolerance=1e-5)["fast"]
     assert check["ok"], check
 
 
@@ -242,7 +242,7 @@ def test_a_short_cuda_graphed_run_is_the_eager_run(compile, carry_z, monkeypatch
         monkeypatch.setitem(bench_train.__dict__, "mode_overrides", lambda mode: (
             ["train.compile='off'", f"train.cuda_graphs='{'on' if mode == 'fast' else 'off'}'"]))
     check = bench_train.check_fast_path(torch.device("cuda"), tolerance=1e-5,
-                                        overrides=(f"train.carry_z={str(carry_z).lower()}",))
+                                        overrides=(f"train.carry_z={str(carry_z).lower()}",))["fast"]
     assert check["ok"], check
 
 
@@ -302,7 +302,7 @@ def test_a_short_run_under_emulated_cuda_graphs_is_the_eager_run(overrides, monk
     monkeypatch.setattr(trainer_module, "CUDAGraphed", emulated)
     monkeypatch.setattr(trainer_module, "fast_path", lambda tc, device: (False, tc.cuda_graphs != "off"))
     check = check_fast_path(torch.device("cpu"), tolerance=0.0, overrides=(
-        *overrides, "train.val_interval=24", "train.val_episodes=8"))  # (one short validation)
+        *overrides, "train.val_interval=24", "train.val_episodes=8"))["fast"]  # (one short validation)
     assert check == {"same_transitions": True, "max_z_diff": 0.0, "max_weight_diff": 0.0, "ok": True}
     assert len(graphs) == 2 and all(g.graph is not None and g.graph.ops for g in graphs)
 

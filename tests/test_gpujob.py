@@ -182,19 +182,49 @@ def _auto_job(tmp_path, monkeypatch, fast="auto", carried=None, **kwargs):
 def test_auto_trains_fast_only_if_the_benchmark_finds_it_equal_and_faster(tmp_path, monkeypatch,
                                                                           bench, expected):
     job = _auto_job(tmp_path, monkeypatch)
-    monkeypatch.setattr(job, "benchmark", lambda profile: bench)
+    not_run = {"ok": False, "reason": "no output"}
+    monkeypatch.setattr(job, "benchmark", lambda profile, modes: bench if "eager" in modes else not_run)
     assert job.choose_fast() is expected
     assert job.info["bench"] is bench and "bench_maze" not in job.info
+    assert not job.fused
+
+
+def _fused_bench(ok: bool, rate: float) -> dict:
+    return {"ok": True, "result": {"fused_check": {"ok": ok}, "paper-fourrooms": {
+        "fused": {"optimizer_steps_per_s": rate}}}}
+
+
+@pytest.mark.parametrize("fused_bench, fast, fused", [
+    (_fused_bench(True, 400.0), True, True),
+    (_fused_bench(True, 200.0), True, False),
+    (_fused_bench(False, 400.0), True, False),
+    ({"ok": False, "reason": "RuntimeError: Triton Error [CUDA]: an illegal memory access"}, True, False),
+    (_fused_bench(True, 60.0), True, False),
+], ids=["equal and faster", "slower than fast", "not equal to eager", "failed", "slower, eager slowest"])
+def test_the_fused_blocks_train_only_if_their_own_bench_finds_them_equal_and_faster_than_fast(
+        tmp_path, monkeypatch, fused_bench, fast, fused):
+    """The fused mode is benched in a process of its own, after eager and fast: a kernel that
+    fails, even one that breaks its CUDA context, leaves the fast path's verdict standing."""
+    job = _auto_job(tmp_path, monkeypatch)
+    bench = {"ok": True, "result": {"fast_path_check": {"ok": True}, "paper-fourrooms": {
+        "eager": {"optimizer_steps_per_s": 40.0}, "fast": {"optimizer_steps_per_s": 300.0}}}}
+    asked = []
+    monkeypatch.setattr(job, "benchmark", lambda profile, modes: asked.append(modes) or (
+        fused_bench if modes == ["fused"] else bench))
+    assert job.choose_fast() is fast and job.fused is fused
+    assert asked == [["eager", "fast"], ["fused"]]
+    assert job.info["bench_fused"] is fused_bench
 
 
 H100 = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.11.0+cu130", "triton": "3.6.0",
         "code": "0123456789abcdef"}
 
 
-def _window(date, fast=True, bench=True, reused=None, error="", **report):
+def _window(date, fast=True, bench=True, reused=None, error="", fused=False, **report):
     """A windows.jsonl line as gpu-import writes it, of a window on `report` (default: H100)."""
     window = {"date": date, "device": "cuda", "toy": False, "report": {**H100, **report},
-              "fast": fast, "runs": {"fourrooms-carry-z": {"state": "stopped", "error": error}}}
+              "fast": fast, "fused": fused,
+              "runs": {"fourrooms-carry-z": {"state": "stopped", "error": error}}}
     if bench:
         window["bench"] = {"ok": True, "result": {"fast_path_check": {"ok": True}}}
     if reused:
@@ -230,12 +260,24 @@ def test_auto_skips_the_bench_after_a_window_on_the_same_gpu_torch_and_code_meas
         "ok": True, "wall_s": 1.0, "optimizer_steps_per_s": 40.0})
     equal_and_faster = {"ok": True, "result": {"fast_path_check": {"ok": True}, "paper-fourrooms": {
         "eager": {"optimizer_steps_per_s": 40.0}, "fast": {"optimizer_steps_per_s": 300.0}}}}
-    monkeypatch.setattr(job, "benchmark", lambda profile: benched.append(profile) or equal_and_faster)
+    monkeypatch.setattr(job, "benchmark", lambda profile, modes: benched.append(profile) or (
+        equal_and_faster if "eager" in modes else {"ok": False, "reason": "no output"}))
     assert job.choose_fast() is True
     assert job.info.get("fast_verified_by") == reused
+    assert not job.fused
     assert bool(smoked) == bool(benched) == (reused is None)  # that window ran this code here
     if reused:
         assert f"the window of {reused} found" in (tmp_path / "out" / "job.log").read_text()
+
+
+def test_a_reused_verdict_keeps_its_choice_of_the_fused_blocks(tmp_path, monkeypatch):
+    carried = tmp_path / "gpu-runs"
+    carried.mkdir()
+    (carried / "windows.jsonl").write_text(json.dumps(_window("12-01", fused=True)) + "\n")
+    job = _auto_job(tmp_path, monkeypatch, carried=carried)
+    job.info["report"] = dict(H100, python="3.12.3")
+    monkeypatch.setattr(job, "benchmark", lambda profile, modes: pytest.fail("benched"))
+    assert job.choose_fast() is True and job.fused is True
 
 
 @pytest.mark.parametrize("window, path", [
@@ -243,6 +285,8 @@ def test_auto_skips_the_bench_after_a_window_on_the_same_gpu_torch_and_code_meas
     (_window("12-01"), "fast"),
     (_window("12-02", bench=False, reused="12-01"), "fast, as measured on 12-01"),
     (_window("12-01", bench=False), "fast, unmeasured"),
+    (_window("12-02", bench=False, reused="12-01", fused=True),
+     "fast with the fused blocks, as measured on 12-01"),
 ])
 def test_the_runs_readme_says_how_each_window_trained(window, path):
     from hrm_agent.gpujob import _trained_on
@@ -310,7 +354,7 @@ def test_a_bench_is_not_started_without_time_left_in_the_budget(tmp_path, monkey
     job = _auto_job(tmp_path, monkeypatch)
     job.end = time.monotonic() + gpujob.MIN_RUN_S - 1  # (a first bench took the window)
     monkeypatch.setattr(gpujob.subprocess, "run", lambda *args, **kwargs: pytest.fail("ran"))
-    assert job.benchmark("paper-maze") == {"ok": False, "reason": "skipped, no time left in the budget"}
+    assert job.benchmark("paper-maze", ["eager"]) == {"ok": False, "reason": "skipped, no time left in the budget"}
 
 
 def test_a_failed_bench_leaves_its_traceback_in_the_job_log(tmp_path, monkeypatch):
@@ -340,16 +384,19 @@ def test_the_runs_readme_reports_each_windows_bench_and_the_busiest_fast_kernels
     windows = [
         {"date": "2026-12-01", "bench": {"ok": True, "result": {
             "device": "NVIDIA H100", "fast_path_check": {"ok": True},
-            "paper-fourrooms": {"eager": {"optimizer_steps_per_s": 40.0}, "fast": fast}}}},
+            "paper-fourrooms": {"eager": {"optimizer_steps_per_s": 40.0}, "fast": fast}}},
+         "bench_fused": {"ok": True, "result": {"device": "NVIDIA H100", "fused_check": {"ok": True},
+                         "paper-fourrooms": {"fused": {"optimizer_steps_per_s": 390.0}}}}},
         {"date": "2026-12-02", "bench": {"ok": False, "reason": "timed out after 360 s", "partial": {
             "device": "NVIDIA H200", "fast_path_check": {"ok": False},
             "paper-fourrooms": {"eager": {"optimizer_steps_per_s": 45.0}}}}},
         {"date": "2026-12-03", "bench": {"ok": False, "reason": "no output"}},  # nothing measured
     ]
     text = "\n".join(bench_markdown(windows))
-    assert "| 2026-12-01 | NVIDIA H100 | paper-fourrooms | 40.0 | 260.0 | 6.5x | 1500.0 (0.60) | 0.8 | ok |" in text
+    assert ("| 2026-12-01 | NVIDIA H100 | paper-fourrooms | 40.0 | 260.0 | 390.0 | 6.5x | 1500.0 (0.60) "
+            "| 0.8 | ok, ok |") in text
     assert ("| 2026-12-02 | NVIDIA H200 | paper-fourrooms (stopped: timed out after 360 s) | 45.0 | - "
-            "| - | - | - | FAILED |") in text
+            "| - | - | - | - | FAILED, - |") in text
     assert "2026-12-03" not in text
     assert "| `triton_fused_rms_norm` | 88.0 | 1.1 | 34.0% |" in text
     assert bench_markdown([{"date": "2026-12-04"}]) == []  # a window that ran no bench
@@ -362,9 +409,11 @@ def test_bench_maze_measures_the_maze_too_and_the_decision_stays_four_rooms(tmp_
         "eager": {"optimizer_steps_per_s": eager}, "fast": {"optimizer_steps_per_s": fast}}}}
         for name, (eager, fast) in rates.items()}
     asked = []
-    monkeypatch.setattr(job, "benchmark", lambda profile: asked.append(profile) or results[profile])
+    monkeypatch.setattr(job, "benchmark", lambda profile, modes: asked.append((profile, modes)) or (
+        results[profile] if "eager" in modes else {"ok": False, "reason": "no output"}))
     assert job.choose_fast() is True  # the maze's slower fast path does not decide
-    assert asked == ["paper-fourrooms", "paper-maze"]
+    assert asked == [("paper-fourrooms", ["eager", "fast"]), ("paper-maze", ["eager", "fast", "fused"]),
+                     ("paper-fourrooms", ["fused"])]
     assert job.info["bench"] is results["paper-fourrooms"] and job.info["bench_maze"] is results["paper-maze"]
 
 

@@ -43,7 +43,7 @@ from hrm_agent.graphs import WARMUP, CUDAGraphed
 from hrm_agent.trainer import PATHS, Trainer
 
 PROFILES = ("cpu-fourrooms", "cpu-maze", "paper-fourrooms", "paper-maze")
-MODES = ("eager", "fast")
+MODES = ("eager", "fast", "fused")
 # The equality check: the paper's structure, small, in fp32 (in bf16 compiled and eager kernels
 # round differently, and a flipped greedy action makes two runs diverge). One validation episode
 # per env, as the paper profiles: the fast path validates through the acting graph then.
@@ -57,6 +57,11 @@ def mode_overrides(mode: str) -> list[str]:
     if mode not in MODES:
         raise ValueError(f"unknown bench train mode {mode!r}; modes: {', '.join(MODES)}")
     return PATHS[mode]
+
+
+def default_modes(device: torch.device) -> list[str]:
+    """Every mode the device runs: the fused blocks are CUDA kernels."""
+    return [mode for mode in MODES if mode != "fused" or device.type == "cuda"]
 
 
 def _sync(device: torch.device) -> None:
@@ -242,19 +247,44 @@ def compare_runs(fast: Trainer, eager: Trainer) -> dict:
 
 
 def check_fast_path(device: torch.device, tolerance: float = 1e-4,
-                    overrides: tuple[str, ...] = ()) -> dict:
-    """Train the CHECK run (Carry Z; `overrides` change it) eagerly and on the fast path from
-    the same seeds and compare."""
+                    overrides: tuple[str, ...] = (), modes: tuple[str, ...] = ("fast",)) -> dict:
+    """Train the CHECK run (Carry Z; `overrides` change it) eagerly and in each of `modes` from
+    the same seeds, and compare each with the eager run: {mode: comparison}."""
     runs = {}
-    for mode in MODES:
+    for mode in ("eager", *modes):
         torch.manual_seed(0)
         runs[mode] = Trainer(load_profile("paper-fourrooms", [
             *CHECK, *overrides, f"train.device='{device.type}'", *mode_overrides(mode)]))
         runs[mode].train(progress=False)
-    result = compare_runs(runs["fast"], runs["eager"])
-    result["ok"] = (result["same_transitions"] and result["max_z_diff"] <= tolerance
-                    and result["max_weight_diff"] <= tolerance)
-    return result
+    checks = {}
+    for mode in modes:
+        result = checks[mode] = compare_runs(runs[mode], runs["eager"])
+        result["ok"] = (result["same_transitions"] and result["max_z_diff"] <= tolerance
+                        and result["max_weight_diff"] <= tolerance)
+    return checks
+
+
+def check_fused_bf16(device: torch.device, seq_len: int = 121, batch: int = 8) -> dict:
+    """The fused blocks in bf16, which the fp32 CHECK run does not exercise (its dots are fp32
+    "ieee" ones): one paper-size L module's mean error against the fp32 module, fused and eager
+    (eager through autocast, as training runs it). ok: fused no worse than eager by 20%."""
+    from hrm_agent.models.fused import fused_module
+    from hrm_agent.models.hrm import HRMConfig, HRMQNetwork
+
+    torch.manual_seed(0)
+    model = HRMQNetwork(HRMConfig(seq_len=seq_len)).to(device)
+    z, injection = (torch.randn(batch, seq_len + 1, 64, device=device) for _ in range(2))
+    z, injection = z.bfloat16(), injection.bfloat16()
+    with torch.no_grad():
+        exact = model.L_level(z.float(), injection.float(), model.rope.tables(torch.float32))
+        rope = model.rope.tables(torch.bfloat16)
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            eager = model.L_level(z, injection, rope)
+        fused = fused_module(model.L_level, z, injection, rope)
+    error = {name: (out.float() - exact).abs().mean().item()
+             for name, out in (("eager", eager), ("fused", fused))}
+    return {"mean_error_eager": error["eager"], "mean_error_fused": error["fused"],
+            "ok": fused.dtype == torch.bfloat16 and error["fused"] <= 1.2 * error["eager"]}
 
 
 PARTIAL = "bench train, so far: "  # stderr lines: the result after each measurement
@@ -278,8 +308,14 @@ def run(quick: bool = False, profiles: list[str] | None = None, modes: list[str]
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "threads": torch.get_num_threads(),
               "copy_GBps": round(copy, 1)}
-    if "fast" in (modes or MODES):
-        result["fast_path_check"] = check_fast_path(device)
+    modes = modes or default_modes(device)
+    checked = tuple(mode for mode in modes if mode != "eager")
+    if checked:  # as "fast_path_check" (the fast mode's) and "fused_check"
+        for mode, check in check_fast_path(device, modes=checked).items():
+            result["fast_path_check" if mode == "fast" else f"{mode}_check"] = check
+        if "fused" in checked:
+            bf16 = result["fused_check"]["bf16"] = check_fused_bf16(device)
+            result["fused_check"]["ok"] = result["fused_check"]["ok"] and bf16["ok"]
         _so_far(result)
     for name in profiles or PROFILES:
         paper = name.startswith("paper")
@@ -287,7 +323,7 @@ def run(quick: bool = False, profiles: list[str] | None = None, modes: list[str]
         traffic = bytes_per_step(base)  # eager: compiled code and graph replays bypass the count
         row = result[name] = {"batch_size": base.train.batch_size, "num_envs": base.env.num_envs,
                               "bytes_per_step": traffic}
-        for mode in modes or MODES:
+        for mode in modes:
             config = load_profile(name, [f"train.device='{device.type}'", *mode_overrides(mode)])
             timing = time_profile(config, seconds=2.0 if quick else 20.0,
                                   min_cycles=1 if (quick or paper) else 3,

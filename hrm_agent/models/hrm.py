@@ -21,6 +21,7 @@ state instead.
 from __future__ import annotations
 
 import math
+import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -184,6 +185,24 @@ class HRMQNetwork(TokenInput, nn.Module):
         self.register_buffer("H_init", trunc_normal_(torch.empty(d), 1.0))
         self.register_buffer("L_init", trunc_normal_(torch.empty(d), 1.0))
         self._segment_fn = self._segment
+        self.fused_blocks = False
+
+    def use_fused_blocks(self) -> None:
+        """Run the gradient-free updates (all of acting's and the target's, all but the last L
+        and H update of a training segment) one Triton kernel per block (models/fused.py)."""
+        if not (self.H_init.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
+            raise ValueError("the fused blocks need a CUDA device (or TRITON_INTERPRET=1), the "
+                             f"model is on {self.H_init.device.type}")
+        try:
+            from hrm_agent.models import fused
+        except ImportError as exc:
+            raise ValueError(f"the fused blocks need triton: {exc}") from None
+        for level in (self.H_level, self.L_level):
+            reason = fused.unsupported(level)
+            if reason:
+                raise ValueError(reason)
+        self._fused_module = fused.fused_module
+        self.fused_blocks = True
 
     def compile(self, **kwargs) -> None:
         """torch.compile one segment (what acting, targets and training all loop over), not
@@ -240,6 +259,12 @@ class HRMQNetwork(TokenInput, nn.Module):
         return Seed(carry.z_H[:, -1].detach(), carry.z_L[:, -1].detach())
 
     # -- the network --------------------------------------------------------------------------
+    def _update(self, level: ReasoningModule, z: Tensor, injection: Tensor, rope) -> Tensor:
+        """level(z, injection): one fused kernel per block when no gradient is needed."""
+        if self.fused_blocks and not torch.is_grad_enabled():
+            return self._fused_module(level, z, injection, rope)
+        return level(z, injection, rope)
+
     def _segment(self, z_H: Tensor, z_L: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """One segment from (z_H, z_L) on embedded input x; only the last L and H updates
         are differentiable. Returns the new z_H, z_L and Q."""
@@ -249,11 +274,11 @@ class HRMQNetwork(TokenInput, nn.Module):
             for h in range(c.H_cycles):
                 for l in range(c.L_cycles):
                     if h < c.H_cycles - 1 or l < c.L_cycles - 1:
-                        z_L = self.L_level(z_L, z_H + x, rope)
+                        z_L = self._update(self.L_level, z_L, z_H + x, rope)
                 if h < c.H_cycles - 1:
-                    z_H = self.H_level(z_H, z_L, rope)
-        z_L = self.L_level(z_L, z_H + x, rope)
-        z_H = self.H_level(z_H, z_L, rope)
+                    z_H = self._update(self.H_level, z_H, z_L, rope)
+        z_L = self._update(self.L_level, z_L, z_H + x, rope)
+        z_H = self._update(self.H_level, z_H, z_L, rope)
         return z_H, z_L, self.read_q(z_H)
 
     def segment(self, carry: Carry, inputs: Tensor, x: Tensor | None = None) -> tuple[Carry, Tensor]:

@@ -1,0 +1,199 @@
+"""One Triton kernel per transformer block, for the HRM's gradient-free updates.
+
+Most of a training step's work is forward passes without gradient: acting and the target's
+forward run whole segments under no_grad, and every segment's updates but the last L and H
+are gradient-free too (HRM's 1-step gradient). At hidden 64 these passes are bound by memory
+traffic and launches, not FLOPs: a compiled block still runs ~9 kernels and writes every
+intermediate to memory, the SwiGLU's 512-wide gate/up output the largest of them.
+`fused_block` runs a whole block (`layers.Block`: attention with RoPE, the residual and
+RMSNorm, the SwiGLU, the second residual and RMSNorm) in one kernel, one program per sequence,
+so only the block's input and output touch memory. Its numerics are the eager block's: bf16
+operands wherever eager rounds to bf16, fp32 accumulation, softmax and norms; fp32 models run
+fp32 ("ieee") dots. The weights are read in their fp32 master copies and cast in the kernel,
+as autocast would cast them.
+
+Gradient-free only: it has no backward. `TRITON_INTERPRET=1` runs it on a CPU (the tests).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from hrm_agent.models.layers import ReasoningModule, RopeTables
+
+RMS_EPS = tl.constexpr(1e-5)  # layers.rms_norm's
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton runs the kernel on the CPU
+_INTERPRET = tl.constexpr(INTERPRET)
+
+
+@triton.jit
+def _round(x, DT: tl.constexpr):
+    """x (fp32) rounded to the compute dtype, where the eager block rounds: to nearest even, as
+    CUDA converts (Triton 3.6's interpreter truncates, so there the bits are rounded by hand)."""
+    if DT == tl.float32:
+        return x
+    if _INTERPRET and DT == tl.bfloat16:
+        bits = x.to(tl.uint32, bitcast=True)
+        bits = (bits + 0x7FFF + ((bits >> 16) & 1)) & 0xFFFF0000
+        return bits.to(tl.float32, bitcast=True)
+    return x.to(DT).to(tl.float32)
+
+
+@triton.jit
+def _rms(x, D: tl.constexpr, DT: tl.constexpr):
+    """layers.rms_norm on fp32 rows, rounded to the compute dtype."""
+    return _round(x * tl.rsqrt(tl.sum(x * x, axis=1)[:, None] / D + RMS_EPS), DT)
+
+
+@triton.jit
+def _mm(a, b, DT: tl.constexpr, IEEE: tl.constexpr):
+    """a·b, the operands rounded to the compute dtype, accumulated in fp32. IEEE: as fp32
+    "ieee" dots of the rounded operands, whose products are exact: the same sums (fp32 models;
+    and Triton's interpreter, whose bf16 dots are wrong in 3.6)."""
+    if IEEE:
+        return tl.dot(_round(a.to(tl.float32), DT), _round(b.to(tl.float32), DT),
+                      input_precision="ieee")
+    return tl.dot(a.to(DT), b.to(DT))
+
+
+@triton.jit
+def _load_t(w_ptr, row0, rows, k, ld: tl.constexpr):
+    """The transposed tile W[row0 + rows, k]^T (K, N) of a row-major weight with row length ld."""
+    return tl.load(w_ptr + (row0 + rows)[None, :] * ld + k[:, None])
+
+
+@triton.jit
+def _rope(x, w_ptr, row0, d, j, cos, sin, D: tl.constexpr, HD: tl.constexpr, DT: tl.constexpr,
+          IEEE: tl.constexpr):
+    """RoPE of one head's projection x·W[row0 : row0 + HD]^T: the projection times cos plus the
+    projection with its halves swapped (the weight's rows loaded swapped) times the signed sin,
+    as layers.rotate; each product rounded as eager rounds it."""
+    swapped = _round(_mm(x, _load_t(w_ptr, row0, (j + HD // 2) % HD, d, D), DT, IEEE), DT)
+    x = _round(_mm(x, _load_t(w_ptr, row0, j, d, D), DT, IEEE), DT)
+    return _round(_round(x * cos, DT) + _round(swapped * sin, DT), DT)
+
+
+@triton.jit
+def _load_rows(x_ptr, inj_ptr, base, rows, d, S: tl.constexpr, D: tl.constexpr,
+               HAS_INJ: tl.constexpr, DT: tl.constexpr):
+    """The block's input at `rows` of one sequence (B, S, D) (rows past S are zeros), in fp32:
+    x, or x + inj rounded as the eager sum."""
+    mask = (rows < S)[:, None]
+    offsets = base + rows[:, None] * D + d[None, :]
+    x = tl.load(x_ptr + offsets, mask=mask, other=0.0).to(tl.float32)
+    if HAS_INJ:
+        x = _round(x + tl.load(inj_ptr + offsets, mask=mask, other=0.0), DT)
+    return x
+
+
+@triton.jit
+def _load_table(t_ptr, rows, j, S: tl.constexpr, HD: tl.constexpr):
+    return tl.load(t_ptr + rows[:, None] * HD + j[None, :], mask=(rows < S)[:, None], other=0.0)
+
+
+# Tilings that compile for an H100 with few or no register spills (found offline with Triton's
+# own ptxas); the first call of each shape times them and keeps the fastest. The interpreter
+# runs the first, untimed.
+CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w)
+           for m, n, w in ((128, 128, 8), (128, 64, 8), (64, 64, 4))]
+
+
+@triton.autotune(CONFIGS[:1] if INTERPRET else CONFIGS, key=["S", "D", "HEADS", "W", "HAS_INJ", "IEEE"])
+@triton.jit
+def _block_kernel(x_ptr, inj_ptr, out_ptr, wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, cos_ptr, sin_ptr,
+                  sm_scale, S: tl.constexpr, D: tl.constexpr, HEADS: tl.constexpr,
+                  W: tl.constexpr, HAS_INJ: tl.constexpr, IEEE: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Program b: the block on sequence b of x (B, S, D), plus inj first when HAS_INJ (the
+    reasoning module's input injection, fused into its first block). Queries in tiles of
+    BLOCK_M rows; for each, attention over keys in tiles of BLOCK_N with an online softmax (as
+    flash attention), K and V computed from the input tile by tile."""
+    DT: tl.constexpr = x_ptr.dtype.element_ty
+    HD: tl.constexpr = D // HEADS
+    base = tl.program_id(0).to(tl.int64) * S * D
+    d = tl.arange(0, D)
+    j = tl.arange(0, HD)
+    for m0 in tl.range(0, S, BLOCK_M):
+        rows = m0 + tl.arange(0, BLOCK_M)
+        x = _load_rows(x_ptr, inj_ptr, base, rows, d, S, D, HAS_INJ, DT)
+        cos_q, sin_q = _load_table(cos_ptr, rows, j, S, HD), _load_table(sin_ptr, rows, j, S, HD)
+
+        # attention, head by head, each head's output projected and summed (o_proj)
+        attn = tl.zeros((BLOCK_M, D), dtype=tl.float32)
+        for h in tl.static_range(HEADS):
+            q = _rope(x, wqkv_ptr, h * HD, d, j, cos_q, sin_q, D, HD, DT, IEEE)
+            top = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+            total = tl.zeros((BLOCK_M,), dtype=tl.float32)
+            out = tl.zeros((BLOCK_M, HD), dtype=tl.float32)
+            for n0 in tl.range(0, S, BLOCK_N):
+                keys = n0 + tl.arange(0, BLOCK_N)
+                x_k = _load_rows(x_ptr, inj_ptr, base, keys, d, S, D, HAS_INJ, DT)
+                cos_k, sin_k = _load_table(cos_ptr, keys, j, S, HD), _load_table(sin_ptr, keys, j, S, HD)
+                k = _rope(x_k, wqkv_ptr, D + h * HD, d, j, cos_k, sin_k, D, HD, DT, IEEE)
+                v = _mm(x_k, _load_t(wqkv_ptr, 2 * D + h * HD, j, d, D), DT, IEEE)
+                scores = _mm(q, tl.trans(k), DT, IEEE) * sm_scale
+                scores = tl.where((keys < S)[None, :], scores, float("-inf"))
+                new_top = tl.maximum(top, tl.max(scores, axis=1))
+                p = tl.exp(scores - new_top[:, None])
+                scale = tl.exp(top - new_top)
+                total = total * scale + tl.sum(p, axis=1)
+                out = out * scale[:, None] + _mm(p, v, DT, IEEE)
+                top = new_top
+            attn += _mm(out / total[:, None], _load_t(wo_ptr, 0, d, h * HD + j, D), DT, IEEE)
+        x = _rms(_round(x + _round(attn, DT), DT), D, DT)
+
+        # SwiGLU in 64-wide slices of its hidden width (a multiple of 256), never written to memory
+        mlp = tl.zeros((BLOCK_M, D), dtype=tl.float32)
+        for w0 in tl.static_range(0, W, 64):
+            cols = w0 + tl.arange(0, 64)
+            gate = _round(_mm(x, _load_t(wgu_ptr, 0, cols, d, D), DT, IEEE), DT)
+            up = _round(_mm(x, _load_t(wgu_ptr, W, cols, d, D), DT, IEEE), DT)
+            mlp += _mm(_round(gate * tl.sigmoid(gate), DT) * up, _load_t(wd_ptr, 0, d, cols, W), DT, IEEE)
+        x = _rms(_round(x + _round(mlp, DT), DT), D, DT)
+        tl.store(out_ptr + base + rows[:, None] * D + d[None, :], x.to(DT), mask=(rows < S)[:, None])
+
+
+@torch.library.custom_op("hrm_agent::fused_block", mutates_args=())
+def fused_block_op(x: Tensor, inj: Tensor | None, wqkv: Tensor, wo: Tensor, wgu: Tensor,
+                   wd: Tensor, cos: Tensor, sin: Tensor, num_heads: int) -> Tensor:
+    """`layers.Block` on x (B, S, D) (after adding `inj`, when given), gradient-free, one
+    kernel. An opaque op to torch.compile, so that a compiled segment calls the kernel as is."""
+    b, s, d = x.shape
+    width = wd.shape[1]
+    x, wqkv, wo, wgu, wd = (t.contiguous() for t in (x, wqkv, wo, wgu, wd))
+    out = torch.empty_like(x)
+    _block_kernel[(b,)](x, x if inj is None else inj.contiguous(), out, wqkv, wo, wgu, wd,
+                        cos.contiguous(), sin.contiguous(), 1.0 / math.sqrt(d // num_heads),
+                        S=s, D=d, HEADS=num_heads, W=width, HAS_INJ=inj is not None,
+                        IEEE=x.dtype == torch.float32 or INTERPRET)
+    return out
+
+
+@fused_block_op.register_fake
+def _(x, inj, wqkv, wo, wgu, wd, cos, sin, num_heads):
+    return torch.empty_like(x)
+
+
+def unsupported(module: ReasoningModule) -> str | None:
+    """Why `fused_module` cannot run `module`, or None: Triton's tiles need power-of-two widths
+    of at least 16 (the SwiGLU's, a multiple of 256, always is one)."""
+    attn = module.layers[0].self_attn
+    for name, n in (("hidden_size", attn.o_proj.in_features), ("head size", attn.head_dim)):
+        if n < 16 or n & (n - 1):
+            return f"the fused blocks need a power-of-two {name} >= 16, got {n}"
+    return None
+
+
+def fused_module(module: ReasoningModule, z: Tensor, injection: Tensor, rope: RopeTables) -> Tensor:
+    """`module(z, injection, rope)` without gradient, one kernel per block."""
+    for i, block in enumerate(module.layers):
+        attn, mlp = block.self_attn, block.mlp
+        z = fused_block_op(z, injection if i == 0 else None, attn.qkv_proj.weight,
+                           attn.o_proj.weight, mlp.gate_up_proj.weight, mlp.down_proj.weight,
+                           rope.cos, rope.sin, attn.num_heads)
+    return z

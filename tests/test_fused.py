@@ -1,0 +1,152 @@
+"""The fused Triton blocks (models/fused.py). Without a GPU, Triton's interpreter runs the
+kernel on the CPU (TRITON_INTERPRET, set below before triton is imported), and Triton's own
+compiler builds it for an H100 (sm_90), so a kernel that would not compile there fails here."""
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+triton = pytest.importorskip("triton")
+
+from hrm_agent.bench.train import CHECK, check_fast_path, check_fused_bf16  # noqa: E402
+from hrm_agent.experiment import load_profile  # noqa: E402
+from hrm_agent.models import fused  # noqa: E402
+from hrm_agent.models.hrm import HRMConfig, HRMQNetwork  # noqa: E402
+from hrm_agent.models.base import Carry  # noqa: E402
+from hrm_agent.trainer import PATHS, Trainer  # noqa: E402
+
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _module_inputs(seq_len: int, dtype: torch.dtype, layers: int = 2, batch: int = 2):
+    torch.manual_seed(0)
+    model = HRMQNetwork(HRMConfig(seq_len=seq_len, L_layers=layers, attn_backend="sdpa")).to(DEVICE)
+    z, injection = (torch.randn(batch, seq_len + 1, 64, device=DEVICE).to(dtype) for _ in range(2))
+    return model, z, injection
+
+
+def _run(model, z, injection, dtype, fused_blocks: bool):
+    with torch.no_grad(), torch.autocast(DEVICE, dtype=torch.bfloat16, enabled=dtype != torch.float32):
+        rope = model.rope.tables(dtype)
+        if fused_blocks:
+            return fused.fused_module(model.L_level, z, injection, rope)
+        return model.L_level(z, injection, rope)
+
+
+@pytest.mark.parametrize("seq_len", [121, 143])  # four-rooms and maze: one query tile, or two
+def test_the_fused_blocks_compute_the_eager_blocks_in_fp32(seq_len):
+    model, z, injection = _module_inputs(seq_len, torch.float32)
+    expected = _run(model, z, injection, torch.float32, fused_blocks=False)
+    torch.testing.assert_close(_run(model, z, injection, torch.float32, fused_blocks=True),
+                               expected, rtol=1e-5, atol=1e-5)
+
+
+def test_every_tiling_computes_the_same_blocks(monkeypatch):
+    """The maze's 144 positions in 64-row tiles: three query tiles, three key tiles each, the
+    online softmax across them."""
+    model, z, injection = _module_inputs(143, torch.float32)
+    expected = _run(model, z, injection, torch.float32, fused_blocks=False)
+    tiling = triton.Config({"BLOCK_M": 64, "BLOCK_N": 64}, num_warps=4)
+    monkeypatch.setattr(fused._block_kernel, "configs", [tiling])
+    torch.testing.assert_close(_run(model, z, injection, torch.float32, fused_blocks=True),
+                               expected, rtol=1e-5, atol=1e-5)
+
+
+def test_in_bf16_the_fused_blocks_are_as_close_to_fp32_as_the_eager_blocks():
+    """bf16 operands where eager rounds to bf16: the fused blocks' error against the fp32 blocks
+    is the eager bf16 blocks' (a rounding bug, e.g. truncating instead of rounding to nearest,
+    tripled it). The fused mode's bench checks the same on the GPU."""
+    check = check_fused_bf16(torch.device(DEVICE), batch=4)
+    assert check["ok"], check
+    assert 0.001 < check["mean_error_fused"] < 0.01  # bf16's rounding, not an exact copy of fp32
+
+
+def test_a_segment_with_fused_blocks_has_the_eager_q_and_gradients():
+    """Training: the gradient-free updates run fused, the last L and H updates eagerly with
+    gradient (HRM's 1-step gradient), so Q and every gradient are the eager segment's."""
+    torch.manual_seed(0)
+    config = HRMConfig(seq_len=15, hidden_size=32, num_heads=2, H_layers=2, L_layers=2)
+    eager = HRMQNetwork(config).to(DEVICE)
+    model = HRMQNetwork(config).to(DEVICE)
+    model.load_state_dict(eager.state_dict())
+    model.use_fused_blocks()
+    inputs = torch.randint(0, 131, (4, 15), device=DEVICE)
+    grads = []
+    for net in (eager, model):
+        carry = net.carry_from_seed(net.init_seed(4))
+        carry, q = net.segment(Carry(carry.z_H + 0.1, carry.z_L), inputs)
+        q.square().sum().backward()
+        grads.append([p.grad for p in net.parameters() if p.grad is not None])
+        with torch.no_grad():
+            # a gradient-free segment (acting's), all fused: one, as the 8-segment recurrence
+            # amplifies rounding ~5x per segment
+            grads[-1].append(net(inputs, net.init_seed(4), segments=1).q)
+    assert len(grads[0]) == len(grads[1]) > 10
+    for got, expected in zip(grads[1], grads[0]):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(DEVICE != "cuda", reason="the interpreter takes many minutes for a run")
+def test_a_short_cuda_run_with_fused_blocks_is_the_eager_run():
+    """The fused mode (torch.compile with the fused blocks as an opaque op, CUDA graphs) trains
+    the CHECK run as the eager path does: the check the GPU job trusts."""
+    check = check_fast_path(torch.device(DEVICE), tolerance=1e-5, modes=("fused",))["fused"]
+    assert check["ok"], check
+
+
+def test_the_fused_mode_runs_the_online_and_target_nets_fused():
+    trainer = Trainer(load_profile("paper-fourrooms", [*CHECK, *PATHS["fused"],
+                                                       "train.compile='off'"]))
+    assert trainer.model.fused_blocks and trainer.target.fused_blocks
+    assert not Trainer(load_profile("paper-fourrooms", CHECK)).model.fused_blocks
+
+
+def test_the_fused_blocks_refuse_what_they_cannot_run(monkeypatch):
+    odd = HRMQNetwork(HRMConfig(seq_len=15, hidden_size=48, num_heads=2))
+    with pytest.raises(ValueError, match="power-of-two hidden_size >= 16, got 48"):
+        odd.use_fused_blocks()
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    if DEVICE == "cpu":
+        with pytest.raises(ValueError, match="need a CUDA device"):
+            HRMQNetwork(HRMConfig(seq_len=15)).use_fused_blocks()
+    config = load_profile("cpu-cnn-fourrooms", [*CHECK[5:], "train.fused_blocks=true"])
+    with pytest.raises(ValueError, match="train.fused_blocks needs the HRM"):
+        Trainer(config)
+
+
+# Run in a fresh process: under the interpreter, triton.jit makes no compilable kernels.
+COMPILE_FOR_H100 = """
+import sys, triton
+from triton.backends.compiler import GPUTarget
+from hrm_agent.models import fused
+signature = {name: "*bf16" for name in ("x_ptr", "inj_ptr", "out_ptr", "cos_ptr", "sin_ptr")}
+signature.update({name: "*fp32" for name in ("wqkv_ptr", "wo_ptr", "wgu_ptr", "wd_ptr")})
+signature["sm_scale"] = "fp32"
+for has_inj in (True, False):
+    for config in fused.CONFIGS:
+        constants = dict(S=int(sys.argv[1]), D=64, HEADS=2, W=256, HAS_INJ=has_inj, IEEE=False,
+                         **config.kwargs)
+        source = triton.compiler.ASTSource(
+            fn=fused._block_kernel.fn, constexprs=constants,
+            signature={**signature, **dict.fromkeys(constants, "constexpr")})
+        kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32),
+                                options={"num_warps": config.num_warps})
+        assert kernel.asm["cubin"]
+        print(has_inj, config, "ok")
+"""
+
+
+@pytest.mark.parametrize("positions", [122, 144])
+def test_every_tiling_compiles_for_an_h100(positions, tmp_path):
+    """Triton's compiler (and its ptxas) builds each autotuned tiling for sm_90 in bf16, with
+    and without the injection: what the GPU job's first call compiles, checked without a GPU."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", COMPILE_FOR_H100, str(positions)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("ok") == 2 * len(fused.CONFIGS)

@@ -112,12 +112,17 @@ def report() -> dict[str, Any]:
     return info
 
 
+# Training code the job's process never imports (a run imports it when it asks for it).
+LAZY = {"hrm_agent.models.fused": Path(__file__).parent / "models" / "fused.py"}
+
+
 def training_code() -> str:
-    """A hash of the package's loaded modules but the job's own (the code a run executes): a
-    fast-path verdict holds for the code it was measured on, and no other."""
+    """A hash of the package's loaded modules but the job's own, and of `LAZY` (the code a run
+    executes): a fast-path verdict holds for the code it was measured on, and no other."""
+    files = {name: getattr(module, "__file__", None) for name, module in sys.modules.items()}
+    files.update({name: str(path) for name, path in LAZY.items() if not files.get(name)})
     digest = hashlib.sha256()
-    for name in sorted(sys.modules):
-        file = getattr(sys.modules[name], "__file__", None)
+    for name, file in sorted(files.items()):
         if name.split(".")[0] == "hrm_agent" and file and not name.startswith(JOB_OWN):
             digest.update(name.encode() + Path(file).read_bytes())
     return digest.hexdigest()[:16]

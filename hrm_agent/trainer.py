@@ -56,7 +56,8 @@ CONFIG = "config.json"  # the run's config, readable without torch (plots, peopl
 BEST = "best.pt"  # the exported agent of the best validation so far
 DEFAULT_PROFILE = "cpu-fourrooms"
 # What a resumed run may change: how long it goes on, and how it executes (CPU threads,
-# torch.compile, CUDA graphs, attention kernel), none of which is in the checkpoint's tensors.
+# torch.compile, CUDA graphs, fused blocks, attention kernel), none of which is in the
+# checkpoint's tensors.
 EXTENDABLE = ("train.total_steps", "train.max_minutes", "train.num_threads", "train.compile",
               "train.cuda_graphs", "train.fused_blocks", "model.attn_backend")
 

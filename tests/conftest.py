@@ -1,5 +1,13 @@
+import os
+
 import pytest
 import torch
+
+# Without a GPU, Triton's interpreter runs the fused blocks' kernel (tests/test_fused.py). Set
+# before anything imports triton: torch.compile does, and triton.language's own jit functions
+# are made interpretable only if the variable is set when they are defined.
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
 
 from hrm_agent.experiment import load_profile
 

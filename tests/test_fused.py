@@ -1,6 +1,7 @@
 """The fused Triton blocks (models/fused.py). Without a GPU, Triton's interpreter runs the
-kernel on the CPU (TRITON_INTERPRET, set below before triton is imported), and Triton's own
-compiler builds it for an H100 (sm_90), so a kernel that would not compile there fails here."""
+kernel on the CPU (TRITON_INTERPRET, set by conftest.py before triton is imported), and
+Triton's own compiler builds it for an H100 (sm_90), so a kernel that would not compile there
+fails here."""
 import os
 import subprocess
 import sys
@@ -8,8 +9,6 @@ import sys
 import pytest
 import torch
 
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
 triton = pytest.importorskip("triton")
 
 from hrm_agent.bench.train import CHECK, check_fast_path, check_fused_bf16  # noqa: E402

@@ -310,6 +310,7 @@ def test_the_runs_readme_says_what_share_of_each_window_trained(parallel, share)
 def test_the_code_hash_follows_the_training_modules_not_the_jobs_own(tmp_path, monkeypatch):
     import types
 
+    from hrm_agent import gpujob
     from hrm_agent.gpujob import training_code
 
     def module(name, text):
@@ -323,6 +324,13 @@ def test_the_code_hash_follows_the_training_modules_not_the_jobs_own(tmp_path, m
     assert training_code() == before
     module("hrm_agent.fake_layer", "x = 2")
     assert training_code() != before
+    lazy = tmp_path / "lazy.py"  # a module the job does not import, as the fused blocks
+    lazy.write_text("z = 1")
+    monkeypatch.delitem(sys.modules, "hrm_agent.fake_lazy", raising=False)
+    monkeypatch.setattr(gpujob, "LAZY", {"hrm_agent.fake_lazy": lazy})
+    before = training_code()
+    lazy.write_text("z = 2")
+    assert training_code() != before and "hrm_agent.fake_lazy" not in sys.modules
 
 
 def test_a_bench_stopped_by_its_timeout_keeps_what_it_measured(tmp_path, monkeypatch):

@@ -5,11 +5,11 @@ forward run whole segments under no_grad, and every segment's updates but the la
 are gradient-free too (HRM's 1-step gradient). At hidden 64 these passes are bound by memory
 traffic and launches, not FLOPs: a compiled block still runs ~9 kernels and writes every
 intermediate to memory, the SwiGLU's 512-wide gate/up output the largest of them.
-`fused_block` runs a whole block (`layers.Block`: attention with RoPE, the residual and
+`fused_block_op` runs a whole block (`layers.Block`: attention with RoPE, the residual and
 RMSNorm, the SwiGLU, the second residual and RMSNorm) in one kernel, one program per sequence,
 so only the block's input and output touch memory. Its numerics are the eager block's: bf16
-operands wherever eager rounds to bf16, fp32 accumulation, softmax and norms; fp32 models run
-fp32 ("ieee") dots. The weights are read in their fp32 master copies and cast in the kernel,
+operands wherever eager rounds to bf16, fp32 accumulation, softmax and norms (attention as
+flash attention computes it, with an online softmax); fp32 models run fp32 ("ieee") dots. The weights are read in their fp32 master copies and cast in the kernel,
 as autocast would cast them.
 
 Gradient-free only: it has no backward. `TRITON_INTERPRET=1` runs it on a CPU (the tests).
@@ -103,7 +103,13 @@ CONFIGS = [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w)
            for m, n, w in ((128, 128, 8), (128, 64, 8), (64, 64, 4))]
 
 
-@triton.autotune(CONFIGS[:1] if INTERPRET else CONFIGS, key=["S", "D", "HEADS", "W", "HAS_INJ", "IEEE"])
+def _first_if_fp32(configs, named_args, **kwargs):
+    """fp32 blocks ("ieee" dots, ~10 s to compile each) are the equality check's: one tiling."""
+    return configs[:1] if kwargs.get("IEEE") else configs
+
+
+@triton.autotune(CONFIGS[:1] if INTERPRET else CONFIGS, key=["S", "D", "HEADS", "W", "HAS_INJ", "IEEE"],
+                 prune_configs_by={"early_config_prune": _first_if_fp32})
 @triton.jit
 def _block_kernel(x_ptr, inj_ptr, out_ptr, wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, cos_ptr, sin_ptr,
                   sm_scale, S: tl.constexpr, D: tl.constexpr, HEADS: tl.constexpr,

@@ -355,7 +355,8 @@ class Job:
         # its process's CUDA context, cost the fast path nothing
         fused = self.measure("paper-fourrooms", "bench_fused", ["fused"])
         checked = fused["ok"] and fused["result"]["fused_check"]["ok"]
-        fused_rate = fused["result"]["paper-fourrooms"]["fused"]["optimizer_steps_per_s"] if checked else 0.0
+        fused_rate = (fused["result"]["paper-fourrooms"]["fused"]["optimizer_steps_per_s"]
+                      if checked else 0.0)
         self.fused = fused_rate > fast
         faster = max(fast, fused_rate) > eager
         self.log(f"paper-fourrooms optimizer steps/s: eager {eager:.1f}, fast {fast:.1f}, fused "

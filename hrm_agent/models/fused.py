@@ -9,8 +9,9 @@ intermediate to memory, the SwiGLU's 512-wide gate/up output the largest of them
 RMSNorm, the SwiGLU, the second residual and RMSNorm) in one kernel, one program per sequence,
 so only the block's input and output touch memory. Its numerics are the eager block's: bf16
 operands wherever eager rounds to bf16, fp32 accumulation, softmax and norms (attention as
-flash attention computes it, with an online softmax); fp32 models run fp32 ("ieee") dots. The weights are read in their fp32 master copies and cast in the kernel,
-as autocast would cast them.
+flash attention computes it, with an online softmax); fp32 models run fp32 ("ieee") dots.
+The weights are read in their fp32 master copies and cast in the kernel, as autocast would
+cast them.
 
 Gradient-free only: it has no backward. `TRITON_INTERPRET=1` runs it on a CPU (the tests).
 """
@@ -183,6 +184,11 @@ def fused_block_op(x: Tensor, inj: Tensor | None, wqkv: Tensor, wo: Tensor, wgu:
 @fused_block_op.register_fake
 def _(x, inj, wqkv, wo, wgu, wd, cos, sin, num_heads):
     return torch.empty_like(x)
+
+
+def chosen_tilings() -> dict[str, str]:
+    """The tiling the autotuner kept for each shape it has timed (the bench reports them)."""
+    return {str(key): str(config) for key, config in _block_kernel.cache.items()}
 
 
 def unsupported(module: ReasoningModule) -> str | None:

@@ -21,7 +21,6 @@ state instead.
 from __future__ import annotations
 
 import math
-import os
 from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import ClassVar, Literal
@@ -190,13 +189,13 @@ class HRMQNetwork(TokenInput, nn.Module):
     def use_fused_blocks(self) -> None:
         """Run the gradient-free updates (all of acting's and the target's, all but the last L
         and H update of a training segment) one Triton kernel per block (models/fused.py)."""
-        if not (self.H_init.is_cuda or os.environ.get("TRITON_INTERPRET") == "1"):
-            raise ValueError("the fused blocks need a CUDA device (or TRITON_INTERPRET=1), the "
-                             f"model is on {self.H_init.device.type}")
         try:
             from hrm_agent.models import fused
         except ImportError as exc:
             raise ValueError(f"the fused blocks need triton: {exc}") from None
+        if not (self.H_init.is_cuda or fused.INTERPRET):
+            raise ValueError("the fused blocks need a CUDA device (or TRITON_INTERPRET=1), the "
+                             f"model is on {self.H_init.device.type}")
         for level in (self.H_level, self.L_level):
             reason = fused.unsupported(level)
             if reason:

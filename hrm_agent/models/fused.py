@@ -6,12 +6,12 @@ are gradient-free too (HRM's 1-step gradient). At hidden 64 these passes are bou
 traffic and launches, not FLOPs: a compiled block still runs ~9 kernels and writes every
 intermediate to memory, the SwiGLU's 512-wide gate/up output the largest of them.
 `fused_block_op` runs a whole block (`layers.Block`: attention with RoPE, the residual and
-RMSNorm, the SwiGLU, the second residual and RMSNorm) in one kernel, one program per sequence,
-so only the block's input and output touch memory. Its numerics are the eager block's: bf16
-operands wherever eager rounds to bf16, fp32 accumulation, softmax and norms (attention as
-flash attention computes it, with an online softmax); fp32 models run fp32 ("ieee") dots.
-The weights are read in their fp32 master copies and cast in the kernel, as autocast would
-cast them.
+RMSNorm, the SwiGLU, the second residual and RMSNorm) in one kernel, one program per query
+tile of a sequence, so only the block's input and output touch memory. Its numerics are the
+eager block's: bf16 operands wherever eager rounds to bf16, fp32 accumulation, softmax and
+norms (attention as flash attention computes it, with an online softmax); fp32 models run
+fp32 ("ieee") dots. The weights are read in their fp32 master copies and cast in the kernel,
+as autocast would cast them.
 
 Gradient-free only: it has no backward. `TRITON_INTERPRET=1` runs it on a CPU (the tests).
 """
@@ -116,53 +116,53 @@ def _block_kernel(x_ptr, inj_ptr, out_ptr, wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, co
                   sm_scale, S: tl.constexpr, D: tl.constexpr, HEADS: tl.constexpr,
                   W: tl.constexpr, HAS_INJ: tl.constexpr, IEEE: tl.constexpr,
                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Program b: the block on sequence b of x (B, S, D), plus inj first when HAS_INJ (the
-    reasoning module's input injection, fused into its first block). Queries in tiles of
-    BLOCK_M rows; for each, attention over keys in tiles of BLOCK_N with an online softmax (as
-    flash attention), K and V computed from the input tile by tile."""
+    """Program (b, m): the block on query rows [m·BLOCK_M, (m + 1)·BLOCK_M) of sequence b of x
+    (B, S, D), plus inj first when HAS_INJ (the reasoning module's input injection, fused into
+    its first block). Attention over keys in tiles of BLOCK_N with an online softmax (as flash
+    attention), K and V computed from the input tile by tile (a maze sequence's query tiles
+    each compute them: in parallel programs, not one after another)."""
     DT: tl.constexpr = x_ptr.dtype.element_ty
     HD: tl.constexpr = D // HEADS
     base = tl.program_id(0).to(tl.int64) * S * D
+    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     d = tl.arange(0, D)
     j = tl.arange(0, HD)
-    for m0 in tl.range(0, S, BLOCK_M):
-        rows = m0 + tl.arange(0, BLOCK_M)
-        x = _load_rows(x_ptr, inj_ptr, base, rows, d, S, D, HAS_INJ, DT)
-        cos_q, sin_q = _load_table(cos_ptr, rows, j, S, HD), _load_table(sin_ptr, rows, j, S, HD)
+    x = _load_rows(x_ptr, inj_ptr, base, rows, d, S, D, HAS_INJ, DT)
+    cos_q, sin_q = _load_table(cos_ptr, rows, j, S, HD), _load_table(sin_ptr, rows, j, S, HD)
 
-        # attention, head by head, each head's output projected and summed (o_proj)
-        attn = tl.zeros((BLOCK_M, D), dtype=tl.float32)
-        for h in tl.static_range(HEADS):
-            q = _rope(x, wqkv_ptr, h * HD, d, j, cos_q, sin_q, D, HD, DT, IEEE)
-            top = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
-            total = tl.zeros((BLOCK_M,), dtype=tl.float32)
-            out = tl.zeros((BLOCK_M, HD), dtype=tl.float32)
-            for n0 in tl.range(0, S, BLOCK_N):
-                keys = n0 + tl.arange(0, BLOCK_N)
-                x_k = _load_rows(x_ptr, inj_ptr, base, keys, d, S, D, HAS_INJ, DT)
-                cos_k, sin_k = _load_table(cos_ptr, keys, j, S, HD), _load_table(sin_ptr, keys, j, S, HD)
-                k = _rope(x_k, wqkv_ptr, D + h * HD, d, j, cos_k, sin_k, D, HD, DT, IEEE)
-                v = _mm(x_k, _load_t(wqkv_ptr, 2 * D + h * HD, j, d, D), DT, IEEE)
-                scores = _mm(q, tl.trans(k), DT, IEEE) * sm_scale
-                scores = tl.where((keys < S)[None, :], scores, float("-inf"))
-                new_top = tl.maximum(top, tl.max(scores, axis=1))
-                p = tl.exp(scores - new_top[:, None])
-                scale = tl.exp(top - new_top)
-                total = total * scale + tl.sum(p, axis=1)
-                out = out * scale[:, None] + _mm(p, v, DT, IEEE)
-                top = new_top
-            attn += _mm(out / total[:, None], _load_t(wo_ptr, 0, d, h * HD + j, D), DT, IEEE)
-        x = _rms(_round(x + _round(attn, DT), DT), D, DT)
+    # attention, head by head, each head's output projected and summed (o_proj)
+    attn = tl.zeros((BLOCK_M, D), dtype=tl.float32)
+    for h in tl.static_range(HEADS):
+        q = _rope(x, wqkv_ptr, h * HD, d, j, cos_q, sin_q, D, HD, DT, IEEE)
+        top = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
+        total = tl.zeros((BLOCK_M,), dtype=tl.float32)
+        out = tl.zeros((BLOCK_M, HD), dtype=tl.float32)
+        for n0 in tl.range(0, S, BLOCK_N):
+            keys = n0 + tl.arange(0, BLOCK_N)
+            x_k = _load_rows(x_ptr, inj_ptr, base, keys, d, S, D, HAS_INJ, DT)
+            cos_k, sin_k = _load_table(cos_ptr, keys, j, S, HD), _load_table(sin_ptr, keys, j, S, HD)
+            k = _rope(x_k, wqkv_ptr, D + h * HD, d, j, cos_k, sin_k, D, HD, DT, IEEE)
+            v = _mm(x_k, _load_t(wqkv_ptr, 2 * D + h * HD, j, d, D), DT, IEEE)
+            scores = _mm(q, tl.trans(k), DT, IEEE) * sm_scale
+            scores = tl.where((keys < S)[None, :], scores, float("-inf"))
+            new_top = tl.maximum(top, tl.max(scores, axis=1))
+            p = tl.exp(scores - new_top[:, None])
+            scale = tl.exp(top - new_top)
+            total = total * scale + tl.sum(p, axis=1)
+            out = out * scale[:, None] + _mm(p, v, DT, IEEE)
+            top = new_top
+        attn += _mm(out / total[:, None], _load_t(wo_ptr, 0, d, h * HD + j, D), DT, IEEE)
+    x = _rms(_round(x + _round(attn, DT), DT), D, DT)
 
-        # SwiGLU in 64-wide slices of its hidden width (a multiple of 256), never written to memory
-        mlp = tl.zeros((BLOCK_M, D), dtype=tl.float32)
-        for w0 in tl.static_range(0, W, 64):
-            cols = w0 + tl.arange(0, 64)
-            gate = _round(_mm(x, _load_t(wgu_ptr, 0, cols, d, D), DT, IEEE), DT)
-            up = _round(_mm(x, _load_t(wgu_ptr, W, cols, d, D), DT, IEEE), DT)
-            mlp += _mm(_round(gate * tl.sigmoid(gate), DT) * up, _load_t(wd_ptr, 0, d, cols, W), DT, IEEE)
-        x = _rms(_round(x + _round(mlp, DT), DT), D, DT)
-        tl.store(out_ptr + base + rows[:, None] * D + d[None, :], x.to(DT), mask=(rows < S)[:, None])
+    # SwiGLU in 64-wide slices of its hidden width (a multiple of 256), never written to memory
+    mlp = tl.zeros((BLOCK_M, D), dtype=tl.float32)
+    for w0 in tl.static_range(0, W, 64):
+        cols = w0 + tl.arange(0, 64)
+        gate = _round(_mm(x, _load_t(wgu_ptr, 0, cols, d, D), DT, IEEE), DT)
+        up = _round(_mm(x, _load_t(wgu_ptr, W, cols, d, D), DT, IEEE), DT)
+        mlp += _mm(_round(gate * tl.sigmoid(gate), DT) * up, _load_t(wd_ptr, 0, d, cols, W), DT, IEEE)
+    x = _rms(_round(x + _round(mlp, DT), DT), D, DT)
+    tl.store(out_ptr + base + rows[:, None] * D + d[None, :], x.to(DT), mask=(rows < S)[:, None])
 
 
 @torch.library.custom_op("hrm_agent::fused_block", mutates_args=())
@@ -174,7 +174,8 @@ def fused_block_op(x: Tensor, inj: Tensor | None, wqkv: Tensor, wo: Tensor, wgu:
     width = wd.shape[1]
     x, wqkv, wo, wgu, wd = (t.contiguous() for t in (x, wqkv, wo, wgu, wd))
     out = torch.empty_like(x)
-    _block_kernel[(b,)](x, x if inj is None else inj.contiguous(), out, wqkv, wo, wgu, wd,
+    grid = lambda meta: (b, triton.cdiv(s, meta["BLOCK_M"]))  # noqa: E731
+    _block_kernel[grid](x, x if inj is None else inj.contiguous(), out, wqkv, wo, wgu, wd,
                         cos.contiguous(), sin.contiguous(), 1.0 / math.sqrt(d // num_heads),
                         S=s, D=d, HEADS=num_heads, W=width, HAS_INJ=inj is not None,
                         IEEE=x.dtype == torch.float32 or INTERPRET)

@@ -9,7 +9,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
-from hrm_agent.experiment import load_profile
+from hrm_agent.experiment import load_profile  # noqa: E402
 
 TINY = [
     "model.hidden_size=32", "model.num_heads=2", "model.H_layers=1", "model.L_layers=1",

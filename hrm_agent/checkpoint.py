@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils._pytree import tree_map
 
 FORMAT = "hrm-agent/1"
 CHECKPOINT = "checkpoint.pt"  # a run's checkpoint in its output directory
@@ -19,6 +20,14 @@ CHECKPOINT = "checkpoint.pt"  # a run's checkpoint in its output directory
 
 class CheckpointError(ValueError):
     """A checkpoint file is missing, corrupt, or does not fit the model it is loaded into."""
+
+
+def _compact(value: Any) -> Any:
+    """A tensor that views part of a larger storage, copied alone: `torch.save` writes a view's
+    whole storage (a carried seed, the last token of each env's z, would write all of z)."""
+    if isinstance(value, torch.Tensor) and value.untyped_storage().nbytes() > value.nbytes:
+        return value.clone()
+    return value
 
 
 def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
@@ -29,7 +38,7 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
-            torch.save({"format": FORMAT, **state}, f)
+            torch.save(tree_map(_compact, {"format": FORMAT, **state}), f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)

@@ -221,10 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--parallel", type=int, default=0,
                    help="runs at once; one that ends early hands its place on (default: one "
                         "on the fast path or a CPU, all on the eager path)")
-    p.add_argument("--fast", choices=["auto", "bench", "on", "off"], default="auto",
-                   help="the fast path (torch.compile + CUDA graphs); bench: if `bench train` "
-                        "finds it equal to eager and faster; auto: as the last window on this "
-                        "GPU, torch, triton and code found (windows.jsonl in --from), else bench")
+    p.add_argument("--fast", choices=["auto", "bench", "on", "off", "fused"], default="auto",
+                   help="the fast path (torch.compile + CUDA graphs); fused: with the fused "
+                        "blocks (on and fused: unmeasured, a failing run retried a step down); "
+                        "bench: if `bench train` finds it equal to eager and faster; auto: as "
+                        "the last window on this GPU, torch, triton and code found "
+                        "(windows.jsonl in --from), else bench")
     p.add_argument("--bench-maze", action="store_true",
                    help="measure (as --fast bench) paper-maze too (the decision stays "
                         "paper-fourrooms'); about 2 minutes of the window")

@@ -183,6 +183,7 @@ class Run:
     deadline: float = math.inf
     state: str = "queued"  # queued, running, stopping, done, failed
     fast: bool = False  # launched on the fast path
+    fused: bool = False  # ... with the fused blocks
     seen: dict[str, int] = field(default_factory=dict)  # file -> mtime_ns mirrored
     records: list[dict] = field(default_factory=list)
     started: float = 0.0
@@ -336,8 +337,9 @@ class Job:
             raise JobError(f"smoke test failed (eager): {eager['reason']}")
         self.log(f"smoke eager: {eager['optimizer_steps_per_s']:.1f} optimizer steps/s "
                  f"({eager['wall_s']} s)")
-        if self.fast in ("on", "off"):  # on: trust it unmeasured (a failing run is retried eagerly)
-            return self.fast == "on"
+        if self.fast in ("on", "off", "fused"):  # trusted unmeasured: a failing run is retried
+            self.fused = self.fast == "fused"    # a step down (fused, fast, eager)
+            return self.fast != "off"
         bench = self.measure("paper-fourrooms", "bench", ["eager", "fast"])
         if bench["ok"] and self.bench_maze:
             self.measure("paper-maze", "bench_maze", ["eager", "fast", "fused"])
@@ -366,17 +368,19 @@ class Job:
         return faster
 
     # -- the queue ------------------------------------------------------------------------
-    def launch(self, run: Run, fast: bool, deadline: float) -> None:
+    def launch(self, run: Run, fast: bool, deadline: float, fused: bool = False) -> None:
         """Start `run`'s train process: resumed when its folder holds a checkpoint (carried in,
         or written before a failed fast try), else fresh."""
         resume = (run.dir / CHECKPOINT).is_file()
         overrides = ([] if resume else run_overrides(run.name, self.toy))
-        overrides += PATHS[("fused" if self.fused else "fast") if fast else "eager"]
+        overrides += PATHS[("fused" if fused else "fast") if fast else "eager"]
         cmd = train_command(run.dir, run.name, resume, overrides)
         log = (run.dir / "train.log").open("a")
         run.process = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
-        run.state, run.deadline, run.started, run.fast = "running", deadline, time.monotonic(), fast
-        self.log(f"{run.name}: {'resumed' if resume else 'started'}{' (fast path)' if fast else ''} "
+        run.state, run.deadline, run.started = "running", deadline, time.monotonic()
+        run.fast, run.fused = fast, fast and fused
+        path = (" (fast path, fused blocks)" if run.fused else " (fast path)") if fast else ""
+        self.log(f"{run.name}: {'resumed' if resume else 'started'}{path} "
                  f"(pid {run.process.pid}), "
                  f"until {time.strftime('%H:%M:%S', time.localtime(time.time() + deadline - time.monotonic()))}")
 
@@ -401,9 +405,10 @@ class Job:
         run.error = last_line(output)
         self.log(f"{run.name}: failed (exit {code}): {run.error}")
         self.log.tail(f"{run.name}: train.log", output)
-        if run.fast and run.deadline - now > MIN_RUN_S:  # the fast path broke: go on eager
-            self.log(f"{run.name}: retrying on the eager path")
-            self.launch(run, False, run.deadline)
+        if run.fast and run.deadline - now > MIN_RUN_S:  # a step down: fused, fast, eager
+            self.log(f"{run.name}: retrying on the " + ("fast path without the fused blocks"
+                                                       if run.fused else "eager path"))
+            self.launch(run, run.fused, run.deadline)
 
     def mirror(self) -> None:
         """Copy what changed into `out`; a failed write (full disk) is logged, the previous
@@ -460,7 +465,7 @@ class Job:
             while queue and len(active) < self.parallel:
                 run = queue.pop(0)
                 if deadline - time.monotonic() > MIN_RUN_S:
-                    self.launch(run, fast, deadline)
+                    self.launch(run, fast, deadline, self.fused)
                     active.append(run)
                 else:
                     run.state = "skipped"
@@ -513,9 +518,9 @@ def gpu_job(out: str | Path, *, minutes: float = 8.5, runs: list[str] | None = N
         raise JobError(f"--out {out} is not an empty folder")
     out.mkdir(parents=True, exist_ok=True)
     work = Path(work) if work else Path(tempfile.mkdtemp(prefix="hrm-gpu-job-"))
-    if fast not in ("auto", "bench", "on", "off"):
-        raise JobError(f"--fast must be auto, bench, on or off, got {fast!r}")
-    if bench_maze and fast in ("on", "off"):
+    if fast not in ("auto", "bench", "on", "off", "fused"):
+        raise JobError(f"--fast must be auto, bench, on, off or fused, got {fast!r}")
+    if bench_maze and fast in ("on", "off", "fused"):
         raise JobError(f"--bench-maze measures the fast path; it cannot go with --fast {fast}")
     if fast == "auto" and device == "cpu":
         fast = "off"  # inductor's C++ compile costs more than a dry run's minutes

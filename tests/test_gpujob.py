@@ -96,7 +96,7 @@ def test_job_input_errors_are_one_line(tmp_path, capsys):
         gpu_job(tmp_path / "o2", device="cpu", toy=True, runs=["fourrooms"])
     with pytest.raises(ValueError, match="cannot go with --fast on"):
         gpu_job(tmp_path / "o3", device="cpu", toy=True, fast="on", bench_maze=True)
-    with pytest.raises(ValueError, match="--fast must be auto, bench, on or off, got 'fastest'"):
+    with pytest.raises(ValueError, match="--fast must be auto, bench, on, off or fused, got 'fastest'"):
         gpu_job(tmp_path / "o4", device="cpu", toy=True, fast="fastest")
 
 

@@ -96,7 +96,9 @@ class TrainConfig:
     # Execution (not in the checkpoint's tensors, may change on resume). "auto": on on CUDA.
     compile: Literal["auto", "on", "off"] = "auto"  # torch.compile the network's segment
     cuda_graphs: Literal["auto", "on", "off"] = "auto"  # replay acting and learn steps as CUDA graphs
-    fused_blocks: bool = False  # the HRM's gradient-free updates as one Triton kernel per block (CUDA)
+    # the HRM's gradient-free updates as one Triton kernel per block; "auto": on CUDA, where
+    # the model is an HRM the kernel runs (triton, power-of-two widths)
+    fused_blocks: Literal["auto", "on", "off"] = "auto"
 
     def __post_init__(self):
         positive = ["total_steps", "n_step", "batch_size", "buffer_capacity", "env_steps_per_batch",
@@ -151,6 +153,8 @@ def experiment_from_dict(data: dict[str, Any]) -> ExperimentConfig:
     if "compile" in model_data:  # before train.compile, configs held model.compile (a bool)
         legacy = model_data.pop("compile")
         train_data.setdefault("compile", "on" if legacy is True else "auto")
+    if isinstance(train_data.get("fused_blocks"), bool):  # a bool before "auto" (false: default)
+        train_data["fused_blocks"] = "on" if train_data["fused_blocks"] else "auto"
     model = model_config({"seq_len": env.seq_len, "grid_width": env.grid_width, **model_data})
     train = build(TrainConfig, train_data, prefix="train.")
     return ExperimentConfig(env=env, model=model, train=train,

@@ -20,7 +20,8 @@ with the machine's own python3 (torch, numpy and tqdm are all it needs), does in
    (a CUDA-graphed run keeps the GPU busy by itself, and a GPU time-slices between processes:
    four at once would each go at a quarter of the speed, and none would be trained first), and
    all at once on the eager path, where each process leaves the GPU idle between its kernel
-   launches. A run whose fast path fails is restarted on the eager path from its last checkpoint.
+   launches. A run whose path fails is restarted a step down from its last checkpoint: the
+   fused blocks, then the fast path, then eager.
 While the runs go, everything that must come back is mirrored into `--out`, each file replaced
 atomically, as at most 8 flat files (the GPU machine's return limits): `<run>.pt` (resumable
 checkpoint, no replay), `metrics.jsonl` (every run's records, tagged with `run`), `best.pt`
@@ -71,7 +72,7 @@ TOY = ["model.hidden_size=32", "model.H_layers=1", "model.L_layers=1", "model.se
 # bench run past the window's budget (`--bench-maze` adds a second): the machine's limit on a
 # command would kill the whole job, before its job.json is written.
 BENCH_TIMEOUT_S = 360
-MIN_RUN_S = 30  # a run starts (or, its fast path failed, restarts eagerly) only with this much time left
+MIN_RUN_S = 30  # a run starts (or, its path failed, restarts a step down) only with this much time left
 # The runs get SIGTERM STOP_S before the budget's end (a paper run checkpointed and exited within
 # ~5 s of it on an H100), and one still going GRACE_S after that is killed: a job overruns its
 # budget by 35 s at most, which the default 8.5 minutes leave within a 10-minute command.
@@ -622,14 +623,16 @@ def _measured_fast(window: dict[str, Any]) -> bool:
 
 
 def _trained_on(window: dict[str, Any]) -> str:
-    """How a window's runs trained: eager, or fast and by whose verdict."""
+    """How a window's runs trained: eager, or fast (with the fused blocks?) and by whose
+    verdict, and which runs failed on that path (and were retried a step down)."""
     if not window.get("fast"):
         return "eager"
-    if not _measured_fast(window):
-        return "fast, unmeasured"
     path = "fast with the fused blocks" if window.get("fused") else "fast"
     by = window.get("fast_verified_by")
-    return f"{path}, as measured on {by}" if by else path
+    how = (f"{path}, unmeasured" if not _measured_fast(window)
+           else f"{path}, as measured on {by}" if by else path)
+    failed = [name for name, run in window["runs"].items() if run.get("error")]
+    return how + "".join(f"; {name} failed on it and was retried on a slower path" for name in failed)
 
 
 def _training_share(window: dict[str, Any]) -> str:

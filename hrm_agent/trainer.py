@@ -73,9 +73,9 @@ def resolve_device(name: str) -> torch.device:
 # The training paths as --set overrides (`bench train`'s modes, `gpu-job --fast`): "fast" is
 # torch.compile plus, on CUDA, CUDA graphs; "fused" is "fast" with the HRM's gradient-free
 # updates as one Triton kernel per block (`models/fused.py`; CUDA only).
-PATHS = {"eager": ["train.compile='off'", "train.cuda_graphs='off'", "train.fused_blocks=false"],
-         "fast": ["train.compile='on'", "train.cuda_graphs='auto'", "train.fused_blocks=false"],
-         "fused": ["train.compile='on'", "train.cuda_graphs='auto'", "train.fused_blocks=true"]}
+PATHS = {"eager": ["train.compile='off'", "train.cuda_graphs='off'", "train.fused_blocks='off'"],
+         "fast": ["train.compile='on'", "train.cuda_graphs='auto'", "train.fused_blocks='off'"],
+         "fused": ["train.compile='on'", "train.cuda_graphs='auto'", "train.fused_blocks='on'"]}
 
 
 def triton_c_compiler() -> str | None:
@@ -172,11 +172,8 @@ class Trainer:
         self.replay = ReplayBuffer(tc.buffer_capacity, self.device, seed=tc.seed + 1,
                                    stride=self.env.num_envs)
         self.generator = torch.Generator(self.device).manual_seed(tc.seed + 2)  # exploration
-        if tc.fused_blocks:
-            for net in (self.model, self.target):
-                if not hasattr(net, "use_fused_blocks"):
-                    raise ValueError(f"train.fused_blocks needs the HRM, the model is {config.model.kind!r}")
-                net.use_fused_blocks()
+        if tc.fused_blocks == "on" or (tc.fused_blocks == "auto" and self.device.type == "cuda"):
+            self._use_fused_blocks(tc.fused_blocks == "on")
         self.compiled, self.graphed = fast_path(tc, self.device)
         if self.compiled:
             # A fresh start for dynamo: the compiled variants of earlier runs in this process
@@ -452,6 +449,20 @@ class Trainer:
             "best_val": self.best_val,
             "window": self._window,  # the metrics since the last train log
         }
+
+    def _use_fused_blocks(self, asked: bool) -> None:
+        """The fused blocks in both nets; where they cannot run, an error if `asked`, else the
+        compiled blocks ("auto")."""
+        try:
+            for net in (self.model, self.target):
+                if not hasattr(net, "use_fused_blocks"):
+                    raise ValueError("train.fused_blocks needs the HRM, the model is "
+                                     f"{self.config.model.kind!r}")
+                net.use_fused_blocks()
+        except ValueError:
+            if asked:
+                raise
+            self.model.fused_blocks = self.target.fused_blocks = False
 
     def save(self) -> Path | None:
         if self.out_dir is None:

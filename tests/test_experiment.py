@@ -1,7 +1,7 @@
 import pytest
 
 from hrm_agent.config import ConfigError, apply_overrides, parse_override
-from hrm_agent.experiment import list_profiles, load_profile
+from hrm_agent.experiment import experiment_from_dict, list_profiles, load_profile
 
 
 def test_profiles_ship_and_the_paper_profiles_are_the_paper():
@@ -64,3 +64,11 @@ def test_a_config_with_the_old_model_compile_field_loads_as_train_compile(legacy
     del data["train"]["compile"]
     data["model"]["compile"] = legacy
     assert experiment_from_dict(data).train.compile == expected
+
+
+def test_a_config_from_when_fused_blocks_was_a_bool_loads():
+    """Checkpoints before "auto" stored true (asked for) or false (the default)."""
+    for stored, now in ((True, "on"), (False, "auto")):
+        data = load_profile("paper-fourrooms").to_dict()
+        data["train"]["fused_blocks"] = stored
+        assert experiment_from_dict(data).train.fused_blocks == now

@@ -65,19 +65,24 @@ def test_dry_run_returns_resumable_runs_and_a_second_window_resumes_them(tmp_pat
 
 
 @pytest.mark.slow
-def test_a_run_whose_fast_path_fails_goes_on_eager(tmp_path, monkeypatch):
-    """A fast path that breaks on the GPU must not cost the window: the run restarts eagerly."""
+def test_a_run_whose_fast_path_fails_goes_on_a_step_down(tmp_path, monkeypatch):
+    """A path that breaks on the GPU must not cost the window: the run restarts a step down,
+    from the fused blocks to the fast path, and from there to eager."""
     import hrm_agent.gpujob as gpujob
 
     # on a CPU, CUDA graphs fail at once with a one-line error (exit 2), like a broken fast path
-    monkeypatch.setitem(gpujob.PATHS, "fast", ["train.cuda_graphs='on'"])
+    for path in ("fused", "fast"):
+        monkeypatch.setitem(gpujob.PATHS, path, ["train.cuda_graphs='on'"])
     info = gpu_job(tmp_path / "out", device="cpu", toy=True, minutes=1.25, runs=RUNS[:1],
-                   fast="on", work=tmp_path / "work")
+                   fast="fused", work=tmp_path / "work")
     summary = info["runs"][RUNS[0]]
-    assert info["fast"] is True and "bench" not in info  # `on`: used unmeasured
+    assert info["fast"] is info["fused"] is True and "bench" not in info  # used unmeasured
     assert summary["state"] == "done" and summary["step"] > 0, summary
     log = (tmp_path / "out" / "job.log").read_text()
-    assert "needs a CUDA device" in log and "retrying on the eager path" in log
+    assert log.count("failed (exit 2)") == 2 and "needs a CUDA device" in log
+    assert log.index("(fast path, fused blocks)") < log.index("retrying on the fast path without "
+                                                              "the fused blocks")
+    assert log.index("retrying on the fast path without") < log.index("retrying on the eager path")
     assert f"{RUNS[0]}: train.log; the end of its output:" in log  # what the run printed, for a traceback
 
 
@@ -287,6 +292,9 @@ def test_a_reused_verdict_keeps_its_choice_of_the_fused_blocks(tmp_path, monkeyp
     (_window("12-01", bench=False), "fast, unmeasured"),
     (_window("12-02", bench=False, reused="12-01", fused=True),
      "fast with the fused blocks, as measured on 12-01"),
+    (_window("12-01", bench=False, fused=True, error="illegal memory access"),
+     "fast with the fused blocks, unmeasured; fourrooms-carry-z failed on it and was retried "
+     "on a slower path"),
 ])
 def test_the_runs_readme_says_how_each_window_trained(window, path):
     from hrm_agent.gpujob import _trained_on
@@ -486,7 +494,7 @@ def test_the_runs_train_until_shortly_before_the_budgets_end(tmp_path, monkeypat
     job = _auto_job(tmp_path, monkeypatch)
     deadlines = []
 
-    def launch(run, fast, deadline):  # a run that ends at once
+    def launch(run, fast, deadline, fused):  # a run that ends at once
         deadlines.append(deadline)
         run.state, run.started, run.process = "running", time.monotonic(), SimpleNamespace(poll=lambda: 0)
 

@@ -285,6 +285,15 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert list(tmp_path.iterdir()) == [path]  # no temp file left behind
 
 
+def test_a_checkpoint_holds_a_view_without_the_rest_of_its_storage(tmp_path):
+    """A Carry Z seed is the last token of each env's z: saved as a view, it wrote all of z
+    (27 MB at the paper's size, past what a GPU window returns)."""
+    z = torch.randn(256, 122, 64)
+    path = save_checkpoint({"config": {}, "model": {}, "seed": z[:, -1]}, tmp_path / "c.pt")
+    assert path.stat().st_size < 2 * z[:, -1].nbytes
+    assert torch.equal(load_checkpoint(path)["seed"], z[:, -1])
+
+
 def test_validation_time_does_not_count_as_training_time(tmp_path, monkeypatch):
     """max_minutes and the logged minutes measure collect + learn only (the paper's timing)."""
     def slow_evaluate(*args, **kwargs):

@@ -332,9 +332,5 @@ def run(quick: bool = False, profiles: list[str] | None = None, modes: list[str]
             effective = traffic * timing["optimizer_steps_per_s"] / 1e9
             row[mode] = {**timing, "effective_GBps": round(effective, 1),
                          "fraction_of_copy_roofline": round(effective / copy, 3)}
-            if mode == "fused":
-                from hrm_agent.models.fused import chosen_tilings
-
-                row[mode]["tilings"] = chosen_tilings()
             _so_far(result)
     return result

@@ -154,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_envstats)
 
     p = sub.add_parser("bench", help="benchmarks: speed, and how fast the model fits Q* (print figures, assert nothing)")
-    p.add_argument("what", choices=["env", "model", "train", "fit"])
+    p.add_argument("what", choices=["env", "model", "train", "fit", "fused"],
+                   help="fused: the fused block kernel's tilings, timed on CUDA (on a CPU, "
+                        "compared under Triton's interpreter, untimed)")
     p.add_argument("--quick", action="store_true", help="fewer repetitions (smoke test)")
     p.add_argument("--variants", metavar="NAME,...",
                    help="fit only: model/lr variants to compare, e.g. lr=0.001,rope2d,mean,rope2d+mean "
@@ -178,7 +180,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a profile field, e.g. --set train.lr=3e-4 (repeatable); with "
                    "--resume only train.total_steps, train.max_minutes, train.num_threads, "
-                   "train.compile, train.cuda_graphs, model.attn_backend")
+                   "train.compile, train.cuda_graphs, train.fused_blocks, model.attn_backend")
     p.add_argument("--out", type=out_dir, required=True,
                    help="run directory (checkpoint, metrics.jsonl)")
     p.add_argument("--resume", action="store_true",
@@ -217,7 +219,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--minutes", type=float, default=8.5,
                    help="wall-clock budget, smoke test and bench included; the runs stop 10 s "
                         "before its end, and a run still checkpointing is killed 35 s after it")
-    p.add_argument("--runs", help="comma-separated subset, in priority order (default: all four)")
+    p.add_argument("--runs", help="comma-separated subset, in priority order (default: all "
+                                  "four, the one with the fewest steps so far first)")
     p.add_argument("--parallel", type=int, default=0,
                    help="runs at once; one that ends early hands its place on (default: one "
                         "on the fast path or a CPU, all on the eager path)")

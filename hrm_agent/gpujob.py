@@ -12,7 +12,9 @@ with the machine's own python3 (torch, numpy and tqdm are all it needs), does in
    A window skips both, and gives their minutes to training, when the last window on the
    same GPU, torch, triton and training code (`windows.jsonl` in `--from`) trained on a
    measured fast path without a failure; `--fast bench` measures anew;
-3. the queue, in priority order (`RUNS`): each an ordinary `hrm_agent train` run in a local
+3. the queue, the run with the fewest optimizer steps so far first (ties in `RUNS` order; or
+   as `--runs` orders them), so that windows bring all four runs along, not one to its end:
+   each an ordinary `hrm_agent train` run in a local
    work folder, resumed from `--from` when that holds its checkpoint, and stopped by SIGTERM
    at the window's deadline (the trainer then checkpoints at once). `--parallel` runs go at
    once; a run that ends early (its total steps done) hands its place to the next. By default
@@ -53,7 +55,7 @@ from hrm_agent.experiment import load_profile
 from hrm_agent.trainer import (BEST, CHECKPOINT, CONFIG, EXTENDABLE, METRICS, PATHS, _better,
                                agent_state, read_records, triton_c_compiler, write_config)
 
-# run name -> (profile, carry_z), in priority order
+# run name -> (profile, carry_z); the queue's order among runs of as many steps
 RUNS = {"fourrooms-carry-z": ("paper-fourrooms", True), "fourrooms-reset-z": ("paper-fourrooms", False),
         "maze-carry-z": ("paper-maze", True), "maze-reset-z": ("paper-maze", False)}
 # Fresh runs checkpoint every 1,000 steps, so a window cut short loses little, and validate at
@@ -203,7 +205,8 @@ class Run:
 
 class Job:
     def __init__(self, out: Path, work: Path, runs: list[str], *, minutes: float, parallel: int,
-                 carried: Path | None, toy: bool, fast: str, device: str, bench_maze: bool = False):
+                 carried: Path | None, toy: bool, fast: str, device: str, bench_maze: bool = False,
+                 fewest_steps_first: bool = False):
         self.out, self.work, self.toy = out, work, toy
         self.started = time.monotonic()
         self.end = self.started + 60 * minutes
@@ -217,6 +220,8 @@ class Job:
         self.info: dict[str, Any] = {"report": report(), "device": device, "minutes": minutes,
                                      "parallel": parallel, "toy": toy, "runs": {}}
         self.runs = [self._prepare(name) for name in runs]
+        if fewest_steps_first:
+            self.runs.sort(key=lambda run: run.start_step)
 
     # -- preparation ----------------------------------------------------------------------
     def _prepare(self, name: str) -> Run:
@@ -503,7 +508,7 @@ def gpu_job(out: str | Path, *, minutes: float = 8.5, runs: list[str] | None = N
     if device == "cuda" and not torch.cuda.is_available():
         raise JobError(f"no CUDA device visible to torch {torch.__version__} "
                        f"(CUDA build: {torch.version.cuda}); use --device cpu for a dry run")
-    runs = list(RUNS) if runs is None else runs
+    balance, runs = runs is None, list(RUNS) if runs is None else runs
     unknown = [name for name in runs if name not in RUNS]
     if unknown or not runs:
         raise JobError(f"unknown run(s) {unknown}; choose from {', '.join(RUNS)}")
@@ -526,7 +531,8 @@ def gpu_job(out: str | Path, *, minutes: float = 8.5, runs: list[str] | None = N
     if fast == "auto" and device == "cpu":
         fast = "off"  # inductor's C++ compile costs more than a dry run's minutes
     job = Job(out, work, runs, minutes=minutes, parallel=parallel, toy=toy, device=device,
-              carried=Path(carried) if carried else None, fast=fast, bench_maze=bench_maze)
+              carried=Path(carried) if carried else None, fast=fast, bench_maze=bench_maze,
+              fewest_steps_first=balance)
     return job.run()
 
 

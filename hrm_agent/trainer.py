@@ -453,16 +453,17 @@ class Trainer:
     def _use_fused_blocks(self, asked: bool) -> None:
         """The fused blocks in both nets; where they cannot run, an error if `asked`, else the
         compiled blocks ("auto")."""
+        if not hasattr(self.model, "use_fused_blocks"):
+            if asked:
+                raise ValueError("train.fused_blocks needs the HRM, the model is "
+                                 f"{self.config.model.kind!r}")
+            return
         try:
-            for net in (self.model, self.target):
-                if not hasattr(net, "use_fused_blocks"):
-                    raise ValueError("train.fused_blocks needs the HRM, the model is "
-                                     f"{self.config.model.kind!r}")
+            for net in (self.model, self.target):  # the same config: both can, or neither
                 net.use_fused_blocks()
         except ValueError:
             if asked:
                 raise
-            self.model.fused_blocks = self.target.fused_blocks = False
 
     def save(self) -> Path | None:
         if self.out_dir is None:

@@ -130,13 +130,14 @@ signature = {name: "*bf16" for name in ("x_ptr", "inj_ptr", "out_ptr", "cos_ptr"
 signature.update({name: "*fp32" for name in ("wqkv_ptr", "wo_ptr", "wgu_ptr", "wd_ptr")})
 signature["sm_scale"] = "fp32"
 for has_inj in (True, False):
+    block_m, block_n, warps = fused.TILING
     constants = dict(S=int(sys.argv[1]), D=64, HEADS=2, W=256, HAS_INJ=has_inj, IEEE=False,
-                     **fused.TILING)
+                     BLOCK_M=block_m, BLOCK_N=block_n)
     source = triton.compiler.ASTSource(
         fn=fused._block_kernel, constexprs=constants,
         signature={**signature, **dict.fromkeys(constants, "constexpr")})
     kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                            options={"num_warps": fused.NUM_WARPS})
+                            options={"num_warps": warps})
     assert kernel.asm["cubin"]
     print(has_inj, "ok")
 """
@@ -152,3 +153,15 @@ def test_the_kernel_compiles_for_an_h100(positions, tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.count("ok") == 2
+
+
+def test_bench_fused_compares_each_tiling_in_a_process_of_its_own():
+    """`bench fused` on a CPU: the interpreter runs each tiling beside the kernel's own, in its
+    own process, and a tiling that cannot run is reported, not fatal."""
+    from hrm_agent.bench.fused import run
+
+    result = run(tilings=[(32, 64, 4), (48, 64, 4)])
+    assert result["in_use"] == "{}x{}, {} warps".format(*fused.TILING)
+    rows = result["tilings"]["32x64, 4 warps"]
+    assert len(rows) == 4 and all(r["finite"] and r["max_diff"] < 0.05 for r in rows.values()), rows
+    assert "error" in result["tilings"]["48x64, 4 warps"]  # not a power of two

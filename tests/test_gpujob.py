@@ -523,3 +523,17 @@ def test_an_agent_trained_on_cuda_is_exported_in_the_dtype_it_trained_in(tmp_pat
     model, config = load_agent(tmp_path / "agents" / run / "agent.pt")
     assert config.model.dtype == dtype
     assert model.compute_dtype() == (torch.bfloat16 if device == "cuda" else torch.float32)
+
+
+def test_by_default_the_run_with_the_fewest_steps_goes_first(tmp_path, monkeypatch):
+    """A window trains the run furthest behind, so windows bring all four runs along (the
+    paper compares them) rather than one to its 200K steps; `--runs` keeps its own order."""
+    from hrm_agent.gpujob import RUNS, Job, Run
+
+    steps = dict(zip(RUNS, (54_552, 0, 9_000, 0)))
+    monkeypatch.setattr(Job, "_prepare", lambda self, name: Run(
+        name, tmp_path / name, resumed=steps[name] > 0, start_step=steps[name]))
+    monkeypatch.setattr(Job, "run", lambda self: [run.name for run in self.runs])
+    assert gpu_job(tmp_path / "a", device="cpu", toy=True) == [
+        "fourrooms-reset-z", "maze-reset-z", "maze-carry-z", "fourrooms-carry-z"]
+    assert gpu_job(tmp_path / "b", device="cpu", toy=True, runs=list(RUNS)) == list(RUNS)

@@ -1,1 +1,1 @@
-"""Speed benchmarks: `python -m hrm_agent bench {env,model,train} --json`."""
+"""Speed benchmarks: `python -m hrm_agent bench {env,model,train,fused} --json`."""

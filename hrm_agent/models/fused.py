@@ -97,12 +97,11 @@ def _load_table(t_ptr, rows, j, S: tl.constexpr, HD: tl.constexpr):
     return tl.load(t_ptr + rows[:, None] * HD + j[None, :], mask=(rows < S)[:, None], other=0.0)
 
 
-# One tiling: the fastest of those that compile for an H100 without large register spills
-# (ptxas: 72-128 B of stack), chosen by an H100 autotuner over 128x128/8, 128x64/8 and 64x64/4
-# for both bf16 shapes, and run through 21K training steps. 128x128 broke on the H100 at batch
-# 256 (an illegal memory access, or NaN), so nothing is timed inside the training loop any more.
-TILING = {"BLOCK_M": 64, "BLOCK_N": 64}
-NUM_WARPS = 4
+# (query rows, key rows, warps): one tiling, chosen by an H100's autotuner over 128x128/8,
+# 128x64/8 and 64x64/4 for both bf16 shapes, and run through 21K training steps. 128x128 broke
+# on the H100 at batch 256 (an illegal memory access, or NaN), so nothing is timed inside the
+# training loop any more; `bench fused` times tilings offline.
+TILING = (64, 64, 4)
 
 
 @triton.jit
@@ -159,21 +158,28 @@ def _block_kernel(x_ptr, inj_ptr, out_ptr, wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, co
     tl.store(out_ptr + base + rows[:, None] * D + d[None, :], x.to(DT), mask=(rows < S)[:, None])
 
 
+def launch(x: Tensor, inj: Tensor | None, wqkv: Tensor, wo: Tensor, wgu: Tensor, wd: Tensor,
+           cos: Tensor, sin: Tensor, num_heads: int, tiling: tuple[int, int, int] = TILING) -> Tensor:
+    """`layers.Block` on x (B, S, D) (after adding `inj`, when given): the kernel's launch at
+    `tiling` (query rows, key rows, warps)."""
+    b, s, d = x.shape
+    block_m, block_n, warps = tiling
+    x, wqkv, wo, wgu, wd = (t.contiguous() for t in (x, wqkv, wo, wgu, wd))
+    out = torch.empty_like(x)
+    _block_kernel[(b, triton.cdiv(s, block_m))](
+        x, x if inj is None else inj.contiguous(), out, wqkv, wo, wgu, wd, cos.contiguous(),
+        sin.contiguous(), 1.0 / math.sqrt(d // num_heads), S=s, D=d, HEADS=num_heads,
+        W=wd.shape[1], HAS_INJ=inj is not None, IEEE=x.dtype == torch.float32 or INTERPRET,
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps)
+    return out
+
+
 @torch.library.custom_op("hrm_agent::fused_block", mutates_args=())
 def fused_block_op(x: Tensor, inj: Tensor | None, wqkv: Tensor, wo: Tensor, wgu: Tensor,
                    wd: Tensor, cos: Tensor, sin: Tensor, num_heads: int) -> Tensor:
-    """`layers.Block` on x (B, S, D) (after adding `inj`, when given), gradient-free, one
-    kernel. An opaque op to torch.compile, so that a compiled segment calls the kernel as is."""
-    b, s, d = x.shape
-    width = wd.shape[1]
-    x, wqkv, wo, wgu, wd = (t.contiguous() for t in (x, wqkv, wo, wgu, wd))
-    out = torch.empty_like(x)
-    _block_kernel[(b, triton.cdiv(s, TILING["BLOCK_M"]))](x, x if inj is None else inj.contiguous(), out, wqkv, wo, wgu, wd,
-                        cos.contiguous(), sin.contiguous(), 1.0 / math.sqrt(d // num_heads),
-                        S=s, D=d, HEADS=num_heads, W=width, HAS_INJ=inj is not None,
-                        IEEE=x.dtype == torch.float32 or INTERPRET, **TILING,
-                        num_warps=NUM_WARPS)
-    return out
+    """`launch` at the kernel's tiling, gradient-free: an opaque op to torch.compile, so that
+    a compiled segment calls the kernel as is."""
+    return launch(x, inj, wqkv, wo, wgu, wd, cos, sin, num_heads)
 
 
 @fused_block_op.register_fake

@@ -1,0 +1,109 @@
+"""The fused block kernel's tilings: `python -m hrm_agent bench fused --json`.
+
+Times one block pass per tiling (query rows x key rows, warps) at the paper's shapes: batch
+256, a paper-size L block (hidden 64, 2 heads, SwiGLU 256) in bf16, with the injection (a
+module's first block) and without, at four-rooms' 122 positions and the maze's 144. A pass is
+replayed from a CUDA graph of `REPS` calls, as training replays it (no launch overhead between
+calls), and each tiling's blocks are compared with those of the kernel's own tiling
+(`fused.TILING`). Each tiling runs in a process of its own, one after another, after all have
+compiled in parallel into Triton's cache: a tiling that faults (128x128 did on an H100) cannot
+take the others with it. On a CPU, Triton's interpreter runs the comparison at batch 1,
+untimed. `--quick`: batch 64.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import torch
+
+TILINGS = [(32, 64, 4), (64, 64, 4), (64, 64, 8), (64, 128, 4), (128, 64, 8), (128, 128, 8)]
+SEQ_LENS = (121, 143)  # four-rooms, maze (+1 position: the task token)
+REPS, ROUNDS = 16, 10
+TIMEOUT_S = 300
+
+
+def _graph_time_us(fn) -> float:
+    """Mean µs of `fn()` replayed from a CUDA graph of REPS calls."""
+    fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(REPS):
+            fn()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(ROUNDS):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return round(start.elapsed_time(end) * 1000 / (REPS * ROUNDS), 2)
+
+
+@torch.no_grad()
+def measure(tiling: tuple[int, int, int], batch: int, timed: bool) -> dict[str, dict]:
+    """In this process, per shape: the largest difference from the kernel's own tiling, whether
+    every output is finite, and (timed) µs per pass."""
+    from hrm_agent.models.fused import launch
+    from hrm_agent.models.hrm import HRMConfig, HRMQNetwork
+
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    rows = {}
+    for seq_len in SEQ_LENS:
+        torch.manual_seed(0)
+        model = HRMQNetwork(HRMConfig(seq_len=seq_len)).to(device)
+        attn, mlp = model.L_level.layers[0].self_attn, model.L_level.layers[0].mlp
+        rope = model.rope.tables(torch.bfloat16)
+        x, inj = (torch.randn(batch, seq_len + 1, 64, device=device).bfloat16() for _ in range(2))
+        for injected in (True, False):
+            args = (x, inj if injected else None, attn.qkv_proj.weight, attn.o_proj.weight,
+                    mlp.gate_up_proj.weight, mlp.down_proj.weight, rope.cos, rope.sin,
+                    attn.num_heads)
+            out = launch(*args, tiling=tiling)
+            row = {"max_diff": (out.float() - launch(*args).float()).abs().max().item(),
+                   "finite": bool(out.isfinite().all())}
+            if timed:
+                row["us_per_pass"] = _graph_time_us(lambda: launch(*args, tiling=tiling))
+            rows[f"{seq_len + 1} positions, {'with' if injected else 'no'} injection"] = row
+    return rows
+
+
+def _command(tiling: tuple[int, int, int], batch: int, what: str) -> list[str]:
+    return [sys.executable, "-m", "hrm_agent.bench.fused", *map(str, tiling), str(batch), what]
+
+
+def run(quick: bool = False, tilings: list[tuple[int, int, int]] | None = None) -> dict:
+    from hrm_agent.models.fused import TILING
+
+    tilings = TILINGS if tilings is None else tilings
+    cuda = torch.cuda.is_available()
+    batch = (64 if quick else 256) if cuda else 1
+    env = dict(os.environ, **({} if cuda else {"TRITON_INTERPRET": "1"}))
+    if cuda:  # compile every tiling at once (Triton caches them); their timing one at a time
+        warm = [subprocess.Popen(_command(t, batch, "compile"), env=env, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL) for t in tilings]
+        for proc in warm:
+            proc.wait(timeout=TIMEOUT_S)
+    results = {}
+    for tiling in tilings:
+        name = "{}x{}, {} warps".format(*tiling)
+        try:
+            proc = subprocess.run(_command(tiling, batch, "time" if cuda else "check"), env=env,
+                                  capture_output=True, text=True, timeout=TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            results[name] = {"error": f"no result in {TIMEOUT_S} s"}
+            continue
+        lines = (proc.stdout if proc.returncode == 0 else proc.stderr).strip().splitlines()
+        results[name] = (json.loads(lines[-1]) if proc.returncode == 0
+                         else {"error": lines[-1] if lines else f"exit {proc.returncode}"})
+    return {"device": torch.cuda.get_device_name() if cuda else "cpu (interpreter, untimed)",
+            "batch": batch, "in_use": "{}x{}, {} warps".format(*TILING), "tilings": results}
+
+
+if __name__ == "__main__":  # one tiling, in a process of its own (see `run`)
+    *numbers, what = sys.argv[1:]
+    block_m, block_n, warps, batch = map(int, numbers)
+    print(json.dumps(measure((block_m, block_n, warps), batch, timed=what == "time")))

@@ -451,8 +451,8 @@ class Trainer:
         }
 
     def _use_fused_blocks(self, asked: bool) -> None:
-        """The fused blocks in both nets; where they cannot run, an error if `asked`, else the
-        compiled blocks ("auto")."""
+        """The fused blocks in both nets; where they cannot run, an error if `asked`, else a
+        warning and the compiled blocks ("auto"; a model other than the HRM has none to fuse)."""
         if not hasattr(self.model, "use_fused_blocks"):
             if asked:
                 raise ValueError("train.fused_blocks needs the HRM, the model is "
@@ -461,9 +461,11 @@ class Trainer:
         try:
             for net in (self.model, self.target):  # the same config: both can, or neither
                 net.use_fused_blocks()
-        except ValueError:
+        except ValueError as exc:
             if asked:
                 raise
+            warnings.warn(f"train.fused_blocks is 'auto', but {exc}: they are off (the same "
+                          "computation, slower)", RuntimeWarning, stacklevel=3)
 
     def save(self) -> Path | None:
         if self.out_dir is None:

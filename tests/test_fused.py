@@ -116,9 +116,13 @@ def test_auto_fuses_on_cuda_only_and_only_what_can_run():
     assert trainer.config.train.fused_blocks == "auto"
     assert trainer.model.fused_blocks is (DEVICE == "cuda") is trainer.target.fused_blocks
     cnn = Trainer(load_profile("cpu-cnn-fourrooms", CHECK[5:]))
-    cnn._use_fused_blocks(asked=False)
+    cnn._use_fused_blocks(asked=False)  # nothing to fuse, nothing to say
     with pytest.raises(ValueError, match="needs the HRM"):
         cnn._use_fused_blocks(asked=True)
+    odd = Trainer(load_profile("paper-fourrooms", [*CHECK, "model.hidden_size=48"]))
+    with pytest.warns(RuntimeWarning, match="'auto', but the fused blocks need a power-of-two"):
+        odd._use_fused_blocks(asked=False)
+    assert not odd.model.fused_blocks
 
 
 # Run in a fresh process: under the interpreter, triton.jit makes no compilable kernels.

@@ -110,7 +110,8 @@ def test_the_fused_blocks_refuse_what_they_cannot_run(monkeypatch):
 
 def test_auto_fuses_on_cuda_only_and_only_what_can_run():
     """"auto" (the default) is on for a CUDA HRM, off on a CPU (even with the interpreter
-    there) and, quietly, for a model the kernel cannot run."""
+    there), off with a warning for an HRM the kernel cannot run, and silent for a model with
+    no blocks to fuse."""
     trainer = Trainer(load_profile("paper-fourrooms", [*CHECK, "train.compile='off'",
                                                        "train.cuda_graphs='off'"]))
     assert trainer.config.train.fused_blocks == "auto"

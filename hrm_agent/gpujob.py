@@ -653,7 +653,7 @@ def _training_share(window: dict[str, Any]) -> str:
 def bench_markdown(windows: list[dict[str, Any]]) -> list[str]:
     """The windows' `bench train --quick` results (for a bench stopped by its timeout, what it
     had measured; the fused mode measured in a bench of its own, `bench_fused`), and the
-    busiest kernels of the last fast path profiled."""
+    busiest kernels of the last path profiled (fused, where a window measured it, else fast)."""
     rows, busiest = [], None
     for w in windows:
         fused_bench = _measured(w.get("bench_fused")) or {}
@@ -669,8 +669,9 @@ def bench_markdown(windows: list[dict[str, Any]]) -> list[str]:
                 fused = result[profile].get("fused") or fused_bench.get(profile, {}).get("fused", {})
                 cells = [w["date"], result["device"], profile + stopped]
                 rows.append(_bench_row(cells, eager, fast, fused, checks))
-                if fast.get("kernels", {}).get("top"):
-                    busiest = (w["date"], profile, fast["kernels"])
+                for mode, timing in (("fast", fast), ("fused", fused)):
+                    if timing.get("kernels", {}).get("top"):
+                        busiest = (w["date"], profile, mode, timing["kernels"])
     if not rows:
         return []
     lines = ["", "## Training speed (`bench train --quick`, run by each window's job)", "",
@@ -678,8 +679,9 @@ def bench_markdown(windows: list[dict[str, Any]]) -> list[str]:
              "| fast GB/s (of the copy roofline) | fast: device busy | checks: fast, fused |",
              "|---|---|---|---|---|---|---|---|---|---|", *rows]
     if busiest:
-        date, profile, kernels = busiest
-        lines += ["", f"Busiest kernels of the fast path, {profile}, {date} "
+        date, profile, mode, kernels = busiest
+        path = "fast path with the fused blocks" if mode == "fused" else "fast path"
+        lines += ["", f"Busiest kernels of the {path}, {profile}, {date} "
                   f"({kernels['ms_per_step']} ms of kernel time per optimizer step):", "",
                   "| kernel | calls per step | ms per step | share |", "|---|---|---|---|"]
         lines += [f"| `{k['name']}` | {k['calls_per_step']} | {k['ms_per_step']} | {k['share']:.1%} |"

@@ -390,7 +390,7 @@ def test_a_failed_bench_leaves_its_traceback_in_the_job_log(tmp_path, monkeypatc
     assert frames[-29] in log and frames[-30] not in log  # the last 30 lines, no more
 
 
-def test_the_runs_readme_reports_each_windows_bench_and_the_busiest_fast_kernels():
+def test_the_runs_readme_reports_each_windows_bench_and_the_busiest_kernels():
     from hrm_agent.gpujob import bench_markdown
 
     kernels = {"ms_per_step": 3.2, "busy": 0.8, "top": [
@@ -414,8 +414,16 @@ def test_the_runs_readme_reports_each_windows_bench_and_the_busiest_fast_kernels
     assert ("| 2026-12-02 | NVIDIA H200 | paper-fourrooms (stopped: timed out after 360 s) | 45.0 | - "
             "| - | - | - | - | FAILED, - |") in text
     assert "2026-12-03" not in text
+    assert "Busiest kernels of the fast path, paper-fourrooms, 2026-12-01" in text
     assert "| `triton_fused_rms_norm` | 88.0 | 1.1 | 34.0% |" in text
     assert bench_markdown([{"date": "2026-12-04"}]) == []  # a window that ran no bench
+    # where the fused mode was profiled too, its kernels are the ones shown (it trains)
+    fused = windows[0]["bench_fused"]["result"]["paper-fourrooms"]["fused"]
+    fused["kernels"] = {"ms_per_step": 2.0, "busy": 0.9, "top": [
+        {"name": "_block_kernel", "calls_per_step": 64.0, "ms_per_step": 1.0, "share": 0.5}]}
+    text = "\n".join(bench_markdown(windows))
+    assert "Busiest kernels of the fast path with the fused blocks, paper-fourrooms, 2026-12-01" in text
+    assert "| `_block_kernel` | 64.0 | 1.0 | 50.0% |" in text and "triton_fused_rms_norm" not in text
 
 
 def test_bench_maze_measures_the_maze_too_and_the_decision_stays_four_rooms(tmp_path, monkeypatch):

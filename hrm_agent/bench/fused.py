@@ -47,7 +47,7 @@ def _graph_time_us(fn) -> float:
 def measure(tiling: tuple[int, int, int], batch: int, timed: bool) -> dict[str, dict]:
     """In this process, per shape: the largest difference from the kernel's own tiling, whether
     every output is finite, and (timed) µs per pass."""
-    from hrm_agent.models.fused import launch
+    from hrm_agent.models.fused import block_args, launch
     from hrm_agent.models.hrm import HRMConfig, HRMQNetwork
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -55,13 +55,10 @@ def measure(tiling: tuple[int, int, int], batch: int, timed: bool) -> dict[str, 
     for seq_len in SEQ_LENS:
         torch.manual_seed(0)
         model = HRMQNetwork(HRMConfig(seq_len=seq_len)).to(device)
-        attn, mlp = model.L_level.layers[0].self_attn, model.L_level.layers[0].mlp
-        rope = model.rope.tables(torch.bfloat16)
+        weights = block_args(model.L_level.layers[0], model.rope.tables(torch.bfloat16))
         x, inj = (torch.randn(batch, seq_len + 1, 64, device=device).bfloat16() for _ in range(2))
         for injected in (True, False):
-            args = (x, inj if injected else None, attn.qkv_proj.weight, attn.o_proj.weight,
-                    mlp.gate_up_proj.weight, mlp.down_proj.weight, rope.cos, rope.sin,
-                    attn.num_heads)
+            args = (x, inj if injected else None, *weights)
             out = launch(*args, tiling=tiling)
             row = {"max_diff": (out.float() - launch(*args).float()).abs().max().item(),
                    "finite": bool(out.isfinite().all())}
@@ -69,6 +66,10 @@ def measure(tiling: tuple[int, int, int], batch: int, timed: bool) -> dict[str, 
                 row["us_per_pass"] = _graph_time_us(lambda: launch(*args, tiling=tiling))
             rows[f"{seq_len + 1} positions, {'with' if injected else 'no'} injection"] = row
     return rows
+
+
+def _name(tiling: tuple[int, int, int]) -> str:
+    return "{}x{}, {} warps".format(*tiling)
 
 
 def _command(tiling: tuple[int, int, int], batch: int, what: str) -> list[str]:
@@ -92,7 +93,7 @@ def run(quick: bool = False, tilings: list[tuple[int, int, int]] | None = None) 
                 proc.kill()  # its timed run compiles it, or reports its timeout
     results = {}
     for tiling in tilings:
-        name = "{}x{}, {} warps".format(*tiling)
+        name = _name(tiling)
         try:
             proc = subprocess.run(_command(tiling, batch, "time" if cuda else "check"), env=env,
                                   capture_output=True, text=True, timeout=TIMEOUT_S)
@@ -103,7 +104,7 @@ def run(quick: bool = False, tilings: list[tuple[int, int, int]] | None = None) 
         results[name] = (json.loads(lines[-1]) if proc.returncode == 0
                          else {"error": lines[-1] if lines else f"exit {proc.returncode}"})
     return {"device": torch.cuda.get_device_name() if cuda else "cpu (interpreter, untimed)",
-            "batch": batch, "in_use": "{}x{}, {} warps".format(*TILING), "tilings": results}
+            "batch": batch, "in_use": _name(TILING), "tilings": results}
 
 
 if __name__ == "__main__":  # one tiling, in a process of its own (see `run`)

@@ -197,11 +197,15 @@ def unsupported(module: ReasoningModule) -> str | None:
     return None
 
 
+def block_args(block, rope: RopeTables) -> tuple:
+    """What `launch` (and `fused_block_op`) take after x and inj, for one `layers.Block`."""
+    attn, mlp = block.self_attn, block.mlp
+    return (attn.qkv_proj.weight, attn.o_proj.weight, mlp.gate_up_proj.weight,
+            mlp.down_proj.weight, rope.cos, rope.sin, attn.num_heads)
+
+
 def fused_module(module: ReasoningModule, z: Tensor, injection: Tensor, rope: RopeTables) -> Tensor:
     """`module(z, injection, rope)` without gradient, one kernel per block."""
     for i, block in enumerate(module.layers):
-        attn, mlp = block.self_attn, block.mlp
-        z = fused_block_op(z, injection if i == 0 else None, attn.qkv_proj.weight,
-                           attn.o_proj.weight, mlp.gate_up_proj.weight, mlp.down_proj.weight,
-                           rope.cos, rope.sin, attn.num_heads)
+        z = fused_block_op(z, injection if i == 0 else None, *block_args(block, rope))
     return z

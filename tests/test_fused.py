@@ -161,12 +161,15 @@ def test_the_kernel_compiles_for_an_h100(positions, tmp_path):
 
 
 def test_bench_fused_compares_each_tiling_in_a_process_of_its_own():
-    """`bench fused` on a CPU: the interpreter runs each tiling beside the kernel's own, in its
-    own process, and a tiling that cannot run is reported, not fatal."""
+    """`bench fused` on a CPU: the interpreter runs each tiling beside the kernel's own, and
+    with the weights cast beforehand or in the kernel, in its own process; a tiling that
+    cannot run is reported, not fatal."""
     from hrm_agent.bench.fused import run
 
     result = run(tilings=[(32, 64, 4), (48, 64, 4)])
     assert result["in_use"] == "{}x{}, {} warps".format(*fused.TILING)
     rows = result["tilings"]["32x64, 4 warps"]
     assert len(rows) == 4 and all(r["finite"] and r["max_diff"] < 0.05 for r in rows.values()), rows
+    # bf16 weights cast once (as training passes them) or fp32 ones rounded in the kernel: the same
+    assert all(r["max_diff_fp32_weights"] == 0 for r in rows.values()), rows
     assert "error" in result["tilings"]["48x64, 4 warps"]  # not a power of two

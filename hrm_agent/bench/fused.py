@@ -45,9 +45,11 @@ def _graph_time_us(fn) -> float:
 
 @torch.no_grad()
 def measure(tiling: tuple[int, int, int], batch: int, timed: bool) -> dict[str, dict]:
-    """In this process, per shape: the largest difference from the kernel's own tiling, whether
-    every output is finite, and (timed) µs per pass."""
-    from hrm_agent.models.fused import block_args, launch
+    """In this process, per shape: the largest difference from the kernel's own tiling and from
+    the same tiling reading fp32 weights (none: the kernel rounds them as the cast does),
+    whether every output is finite, and (timed) µs per pass, with the weights in bf16 (as
+    training passes them) and in fp32 (as the first windows did)."""
+    from hrm_agent.models.fused import block_args, block_weights, launch
     from hrm_agent.models.hrm import HRMConfig, HRMQNetwork
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -55,15 +57,22 @@ def measure(tiling: tuple[int, int, int], batch: int, timed: bool) -> dict[str, 
     for seq_len in SEQ_LENS:
         torch.manual_seed(0)
         model = HRMQNetwork(HRMConfig(seq_len=seq_len)).to(device)
-        weights = block_args(model.L_level.layers[0], model.rope.tables(torch.bfloat16))
+        block, rope = model.L_level.layers[0], model.rope.tables(torch.bfloat16)
+        bf16 = block_args(block, rope, block_weights([model.L_level], torch.bfloat16)[0][0])
+        fp32 = block_args(block, rope)
         x, inj = (torch.randn(batch, seq_len + 1, 64, device=device).bfloat16() for _ in range(2))
         for injected in (True, False):
-            args = (x, inj if injected else None, *weights)
+            args = (x, inj if injected else None, *bf16)
             out = launch(*args, tiling=tiling)
+            args32 = (x, inj if injected else None, *fp32)
             row = {"max_diff": (out.float() - launch(*args).float()).abs().max().item(),
+                   "max_diff_fp32_weights": (out.float() - launch(*args32, tiling=tiling).float()
+                                             ).abs().max().item(),
                    "finite": bool(out.isfinite().all())}
             if timed:
                 row["us_per_pass"] = _graph_time_us(lambda: launch(*args, tiling=tiling))
+                row["us_per_pass_fp32_weights"] = _graph_time_us(
+                    lambda: launch(*args32, tiling=tiling))
             rows[f"{seq_len + 1} positions, {'with' if injected else 'no'} injection"] = row
     return rows
 

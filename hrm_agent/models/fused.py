@@ -10,8 +10,9 @@ RMSNorm, the SwiGLU, the second residual and RMSNorm) in one kernel, one program
 tile of a sequence, so only the block's input and output touch memory. Its numerics are the
 eager block's: bf16 operands wherever eager rounds to bf16, fp32 accumulation, softmax and
 norms (attention as flash attention computes it, with an online softmax); fp32 models run
-fp32 ("ieee") dots. The weights are read in their fp32 master copies and cast in the kernel,
-as autocast would cast them.
+fp32 ("ieee") dots. The weights come cast to the compute dtype once per segment (`block_weights`,
+two kernels for all of them), as autocast casts them: read in bf16, they are half the bytes the
+kernel's programs load (each program loads all of its block's ~64K weights).
 
 Gradient-free only: it has no backward. `TRITON_INTERPRET=1` runs it on a CPU (the tests).
 """
@@ -197,15 +198,48 @@ def unsupported(module: ReasoningModule) -> str | None:
     return None
 
 
-def block_args(block, rope: RopeTables) -> tuple:
-    """What `launch` (and `fused_block_op`) take after x and inj, for one `layers.Block`."""
+def _weights(block) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     attn, mlp = block.self_attn, block.mlp
-    return (attn.qkv_proj.weight, attn.o_proj.weight, mlp.gate_up_proj.weight,
-            mlp.down_proj.weight, rope.cos, rope.sin, attn.num_heads)
+    return attn.qkv_proj.weight, attn.o_proj.weight, mlp.gate_up_proj.weight, mlp.down_proj.weight
 
 
-def fused_module(module: ReasoningModule, z: Tensor, injection: Tensor, rope: RopeTables) -> Tensor:
-    """`module(z, injection, rope)` without gradient, one kernel per block."""
-    for i, block in enumerate(module.layers):
-        z = fused_block_op(z, injection if i == 0 else None, *block_args(block, rope))
+@torch.library.custom_op("hrm_agent::flat_cast", mutates_args=())
+def flat_cast(tensors: list[Tensor], dtype: torch.dtype) -> Tensor:
+    """`tensors` flattened, concatenated and cast to `dtype`: two kernels however many there
+    are (cast one by one, each would be a kernel of its own)."""
+    return torch.cat([t.reshape(-1) for t in tensors]).to(dtype)
+
+
+@flat_cast.register_fake
+def _(tensors, dtype):
+    return tensors[0].new_empty(sum(t.numel() for t in tensors), dtype=dtype)
+
+
+def block_weights(modules, dtype: torch.dtype) -> list[list[tuple[Tensor, ...]]]:
+    """Per module of `modules`, per block, its kernel weights (wqkv, wo, wgu, wd) in `dtype`:
+    views of one cast copy of them all, or the weights themselves when they are in `dtype`."""
+    weights = [_weights(block) for module in modules for block in module.layers]
+    flat = [w for ws in weights for w in ws]
+    if any(w.dtype != dtype for w in flat):
+        parts = flat_cast(flat, dtype).split([w.numel() for w in flat])
+        cast = iter(part.view(w.shape) for part, w in zip(parts, flat))
+        weights = [tuple(next(cast) for _ in ws) for ws in weights]
+    blocks = iter(weights)
+    return [[next(blocks) for _ in module.layers] for module in modules]
+
+
+def block_args(block, rope: RopeTables, weights: tuple[Tensor, ...] | None = None) -> tuple:
+    """What `launch` (and `fused_block_op`) take after x and inj, for one `layers.Block` (its
+    weights as given, e.g. by `block_weights`, else its fp32 masters)."""
+    return (*(weights or _weights(block)), rope.cos, rope.sin, block.self_attn.num_heads)
+
+
+def fused_module(module: ReasoningModule, z: Tensor, injection: Tensor, rope: RopeTables,
+                 weights: list[tuple[Tensor, ...]] | None = None) -> Tensor:
+    """`module(z, injection, rope)` without gradient, one kernel per block (`weights`: the
+    module's from `block_weights`; cast here when not given)."""
+    if weights is None:
+        weights = block_weights([module], z.dtype)[0]
+    for i, (block, w) in enumerate(zip(module.layers, weights)):
+        z = fused_block_op(z, injection if i == 0 else None, *block_args(block, rope, w))
     return z

@@ -200,7 +200,7 @@ class HRMQNetwork(TokenInput, nn.Module):
             reason = fused.unsupported(level)
             if reason:
                 raise ValueError(reason)
-        self._fused_module = fused.fused_module
+        self._fused_module, self._block_weights = fused.fused_module, fused.block_weights
         self.fused_blocks = True
 
     def compile(self, **kwargs) -> None:
@@ -258,10 +258,12 @@ class HRMQNetwork(TokenInput, nn.Module):
         return Seed(carry.z_H[:, -1].detach(), carry.z_L[:, -1].detach())
 
     # -- the network --------------------------------------------------------------------------
-    def _update(self, level: ReasoningModule, z: Tensor, injection: Tensor, rope) -> Tensor:
-        """level(z, injection): one fused kernel per block when no gradient is needed."""
-        if self.fused_blocks and not torch.is_grad_enabled():
-            return self._fused_module(level, z, injection, rope)
+    def _update(self, level: ReasoningModule, z: Tensor, injection: Tensor, rope,
+                weights: list | None) -> Tensor:
+        """level(z, injection): one fused kernel per block (with the level's `weights`) when
+        no gradient is needed."""
+        if weights is not None and not torch.is_grad_enabled():
+            return self._fused_module(level, z, injection, rope, weights)
         return level(z, injection, rope)
 
     def _segment(self, z_H: Tensor, z_L: Tensor, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -270,14 +272,17 @@ class HRMQNetwork(TokenInput, nn.Module):
         c = self.config
         rope = self.rope.tables(x.dtype)
         with torch.no_grad():
+            w_H = w_L = None
+            if self.fused_blocks:  # the fused blocks' weights, cast once for the segment
+                w_H, w_L = self._block_weights((self.H_level, self.L_level), x.dtype)
             for h in range(c.H_cycles):
                 for l in range(c.L_cycles):
                     if h < c.H_cycles - 1 or l < c.L_cycles - 1:
-                        z_L = self._update(self.L_level, z_L, z_H + x, rope)
+                        z_L = self._update(self.L_level, z_L, z_H + x, rope, w_L)
                 if h < c.H_cycles - 1:
-                    z_H = self._update(self.H_level, z_H, z_L, rope)
-        z_L = self._update(self.L_level, z_L, z_H + x, rope)
-        z_H = self._update(self.H_level, z_H, z_L, rope)
+                    z_H = self._update(self.H_level, z_H, z_L, rope, w_H)
+        z_L = self._update(self.L_level, z_L, z_H + x, rope, w_L)
+        z_H = self._update(self.H_level, z_H, z_L, rope, w_H)
         return z_H, z_L, self.read_q(z_H)
 
     def segment(self, carry: Carry, inputs: Tensor, x: Tensor | None = None) -> tuple[Carry, Tensor]:

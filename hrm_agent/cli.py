@@ -180,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a profile field, e.g. --set train.lr=3e-4 (repeatable); with "
                    "--resume only train.total_steps, train.max_minutes, train.num_threads, "
-                   "train.compile, train.cuda_graphs, train.fused_blocks, model.attn_backend")
+                   "train.compile, train.cuda_graphs, train.fused_blocks, "
+                   "train.fused_optimizer, model.attn_backend")
     p.add_argument("--out", type=out_dir, required=True,
                    help="run directory (checkpoint, metrics.jsonl)")
     p.add_argument("--resume", action="store_true",

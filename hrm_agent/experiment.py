@@ -99,6 +99,8 @@ class TrainConfig:
     # the HRM's gradient-free updates as one Triton kernel per block; "auto": on CUDA, where
     # the model is an HRM the kernel runs (triton, power-of-two widths)
     fused_blocks: Literal["auto", "on", "off"] = "auto"
+    # AdamATan2's update as one Triton kernel per parameter; "auto": on CUDA, where triton is
+    fused_optimizer: Literal["auto", "on", "off"] = "auto"
 
     def __post_init__(self):
         positive = ["total_steps", "n_step", "batch_size", "buffer_capacity", "env_steps_per_batch",

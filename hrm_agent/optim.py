@@ -11,7 +11,9 @@
 Both are *capturable*: the step counts live on the parameters' device (float64, so the bias
 corrections round as Python's floats would) and `lr` may be a 0-d tensor there, so a step reads
 nothing back to the host and can be replayed inside a CUDA graph. The updates run as `foreach`
-ops over all parameters at once, except atan2, which has no foreach form (one kernel each).
+ops over all parameters at once, except atan2, which has no foreach form (one kernel each);
+`AdamATan2(fused=True)` runs each parameter's whole update as one Triton kernel instead
+(fused_optim.py; CUDA).
 """
 from __future__ import annotations
 
@@ -21,11 +23,15 @@ from torch import Tensor, nn
 
 class AdamATan2(torch.optim.Optimizer):
     def __init__(self, params, lr: float | Tensor = 1e-3, betas: tuple[float, float] = (0.9, 0.999),
-                 weight_decay: float = 1e-2):
+                 weight_decay: float = 1e-2, fused: bool = False):
         if lr < 0 or weight_decay < 0 or not all(0.0 <= b < 1.0 for b in betas):
             raise ValueError(f"invalid AdamATan2 settings lr={lr}, betas={betas}, "
                              f"weight_decay={weight_decay}")
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
+        # an attribute, not a group setting: a checkpoint's groups would carry it to a resume
+        if fused:
+            _check_fusable(self.param_groups)
+        self.fused = fused
 
     def load_state_dict(self, state_dict) -> None:
         super().load_state_dict(state_dict)  # leaves the step counts where they were saved
@@ -59,20 +65,45 @@ class AdamATan2(torch.optim.Optimizer):
             # the others in its group (as in torch.optim.Adam).
             steps = [s["step"] for s in states]
             torch._foreach_add_(steps, 1)
+            step_size = _bias_correction(beta1, steps)  # lr / bc1
+            torch._foreach_reciprocal_(step_size)
+            torch._foreach_mul_(step_size, lr)
+            bc2_sqrt = torch._foreach_sqrt(_bias_correction(beta2, steps))
+            if self.fused:
+                from hrm_agent.fused_optim import adam_atan2_
+
+                decay = None
+                if wd:
+                    decay = 1 - lr * wd
+                    if not isinstance(decay, Tensor):
+                        decay = torch.full((), decay, dtype=torch.float64, device=params[0].device)
+                for p, g, m_i, v_i, s_i, c_i in zip(params, grads, m, v, step_size, bc2_sqrt):
+                    adam_atan2_(p, g, m_i, v_i, s_i, c_i, decay, beta1, beta2)
+                continue
             torch._foreach_lerp_(m, grads, 1 - beta1)
             torch._foreach_mul_(v, beta2)
             torch._foreach_addcmul_(v, grads, grads, value=1 - beta2)
             if wd:
                 torch._foreach_mul_(params, 1 - lr * wd)
-            step_size = _bias_correction(beta1, steps)  # lr / bc1
-            torch._foreach_reciprocal_(step_size)
-            torch._foreach_mul_(step_size, lr)
             denom = torch._foreach_sqrt(v)
-            torch._foreach_div_(denom, torch._foreach_sqrt(_bias_correction(beta2, steps)))
+            torch._foreach_div_(denom, bc2_sqrt)
             update = [torch.atan2(m_i, d_i) for m_i, d_i in zip(m, denom)]
             torch._foreach_mul_(update, step_size)
             torch._foreach_sub_(params, update)
         return loss
+
+
+def _check_fusable(groups: list[dict]) -> None:
+    """A ValueError that says why fused_optim's kernel cannot update these parameters, if it
+    cannot: it needs triton, and contiguous fp32 tensors on CUDA (or Triton's interpreter)."""
+    try:
+        from hrm_agent.fused_optim import INTERPRET
+    except ImportError as exc:
+        raise ValueError(f"the fused AdamATan2 needs triton: {exc}") from None
+    for p in (p for group in groups for p in group["params"]):
+        if not ((p.is_cuda or INTERPRET) and p.dtype == torch.float32 and p.is_contiguous()):
+            raise ValueError("the fused AdamATan2 needs contiguous fp32 parameters on a CUDA "
+                             f"device, got a {p.dtype} one on {p.device.type}")
 
 
 def _bias_correction(beta: float, steps: list[Tensor]) -> list[Tensor]:
@@ -108,14 +139,14 @@ class SignSGD(torch.optim.Optimizer):
 
 
 def make_optimizers(model: nn.Module, *, lr: float, weight_decay: float,
-                    betas: tuple[float, float], task_lr: float, task_weight_decay: float
-                    ) -> tuple[AdamATan2, SignSGD]:
+                    betas: tuple[float, float], task_lr: float, task_weight_decay: float,
+                    fused: bool = False) -> tuple[AdamATan2, SignSGD]:
     """AdamATan2 over the network, SignSGD over the task embedding (empty if there is none)."""
     task: list[Tensor] = []
     rest: list[Tensor] = []
     for name, p in model.named_parameters():
         (task if name == "task_embedding" else rest).append(p)
-    return (AdamATan2(rest, lr=lr, betas=betas, weight_decay=weight_decay),
+    return (AdamATan2(rest, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused),
             SignSGD([{"params": task}], lr=task_lr, weight_decay=task_weight_decay))
 
 

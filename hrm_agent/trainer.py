@@ -56,10 +56,11 @@ CONFIG = "config.json"  # the run's config, readable without torch (plots, peopl
 BEST = "best.pt"  # the exported agent of the best validation so far
 DEFAULT_PROFILE = "cpu-fourrooms"
 # What a resumed run may change: how long it goes on, and how it executes (CPU threads,
-# torch.compile, CUDA graphs, fused blocks, attention kernel), none of which is in the
+# torch.compile, CUDA graphs, fused kernels, attention kernel), none of which is in the
 # checkpoint's tensors.
 EXTENDABLE = ("train.total_steps", "train.max_minutes", "train.num_threads", "train.compile",
-              "train.cuda_graphs", "train.fused_blocks", "model.attn_backend")
+              "train.cuda_graphs", "train.fused_blocks", "train.fused_optimizer",
+              "model.attn_backend")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -71,11 +72,14 @@ def resolve_device(name: str) -> torch.device:
 
 
 # The training paths as --set overrides (`bench train`'s modes, `gpu-job --fast`): "fast" is
-# torch.compile plus, on CUDA, CUDA graphs; "fused" is "fast" with the HRM's gradient-free
-# updates as one Triton kernel per block (`models/fused.py`; CUDA only).
-PATHS = {"eager": ["train.compile='off'", "train.cuda_graphs='off'", "train.fused_blocks='off'"],
-         "fast": ["train.compile='on'", "train.cuda_graphs='auto'", "train.fused_blocks='off'"],
-         "fused": ["train.compile='on'", "train.cuda_graphs='auto'", "train.fused_blocks='on'"]}
+# torch.compile plus, on CUDA, CUDA graphs; "fused" is "fast" with Triton kernels of our own:
+# the HRM's gradient-free updates as one kernel per block (`models/fused.py`) and AdamATan2's
+# update as one per parameter (`fused_optim.py`); CUDA only.
+PATHS = {mode: [f"train.compile='{compiled}'", f"train.cuda_graphs='{graphs}'",
+                f"train.fused_blocks='{fused}'", f"train.fused_optimizer='{fused}'"]
+         for mode, compiled, graphs, fused in (("eager", "off", "off", "off"),
+                                               ("fast", "on", "auto", "off"),
+                                               ("fused", "on", "auto", "on"))}
 
 
 def triton_c_compiler() -> str | None:
@@ -165,9 +169,7 @@ class Trainer:
             self.target.load_state_dict(self.model.state_dict())
         # The target only runs under no_grad; its parameters keep requires_grad as the online
         # net's, so that a compiled no-grad segment is one variant for both (dynamo guards on it).
-        self.optimizer, self.task_optimizer = make_optimizers(
-            self.model, lr=tc.lr, weight_decay=tc.weight_decay, betas=(tc.beta1, tc.beta2),
-            task_lr=tc.task_lr, task_weight_decay=tc.task_weight_decay)
+        self.optimizer, self.task_optimizer = self._make_optimizers()
         self.env = config.env.make(device=self.device, seed=tc.seed)
         self.replay = ReplayBuffer(tc.buffer_capacity, self.device, seed=tc.seed + 1,
                                    stride=self.env.num_envs)
@@ -449,6 +451,23 @@ class Trainer:
             "best_val": self.best_val,
             "window": self._window,  # the metrics since the last train log
         }
+
+    def _make_optimizers(self) -> tuple:
+        """AdamATan2 and SignSGD; AdamATan2 fused as `train.fused_optimizer` says ("auto": on
+        CUDA, and where the kernel cannot run there, a warning and the foreach update)."""
+        tc = self.config.train
+        make = functools.partial(
+            make_optimizers, self.model, lr=tc.lr, weight_decay=tc.weight_decay,
+            betas=(tc.beta1, tc.beta2), task_lr=tc.task_lr, task_weight_decay=tc.task_weight_decay)
+        if tc.fused_optimizer == "on" or (tc.fused_optimizer == "auto" and self.device.type == "cuda"):
+            try:
+                return make(fused=True)
+            except ValueError as exc:
+                if tc.fused_optimizer == "on":
+                    raise
+                warnings.warn(f"train.fused_optimizer is 'auto', but {exc}: it is off (the same "
+                              "update, more kernels)", RuntimeWarning, stacklevel=3)
+        return make(fused=False)
 
     def _use_fused_blocks(self, asked: bool) -> None:
         """The fused blocks in both nets; where they cannot run, an error if `asked`, else a

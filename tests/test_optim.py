@@ -4,12 +4,22 @@ from __future__ import annotations
 
 import copy
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 from hrm_agent.models.hrm import HRMConfig, HRMQNetwork
 from hrm_agent.optim import AdamATan2, SignSGD, make_optimizers
+
+try:
+    import triton  # noqa: F401
+except ImportError:
+    triton = None
+# the foreach update, and fused_optim's kernel (Triton's interpreter without a GPU)
+FUSED = [False, pytest.param(True, marks=pytest.mark.skipif(triton is None, reason="no triton"))]
 
 
 class AdamATan2Reference:
@@ -51,14 +61,15 @@ def _loss(params, targets):
     return sum(((p - t) ** 2).sum() + 0.3 * torch.sin(3 * p).sum() for p, t in zip(params, targets))
 
 
+@pytest.mark.parametrize("fused", FUSED)
 @pytest.mark.parametrize("wd", [0.0, 0.1])
-@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.8, 0.95)])
-def test_adam_atan2_matches_float64_reference_over_several_steps(wd, betas):
+@pytest.mark.parametrize("betas", [(0.9, 0.999), (0.8, 0.95), (0.3, 0.9)])  # lerp's two forms
+def test_adam_atan2_matches_float64_reference_over_several_steps(wd, betas, fused):
     shapes = [(5, 3), (7,), ()]
     params, targets = _random_problem(0, shapes)
     lr = 3e-2
     ref = AdamATan2Reference(params, lr, betas, wd)
-    opt = AdamATan2(params, lr=lr, betas=betas, weight_decay=wd)
+    opt = AdamATan2(params, lr=lr, betas=betas, weight_decay=wd, fused=fused)
     for _ in range(12):
         opt.zero_grad()
         _loss(params, targets).backward()
@@ -226,12 +237,13 @@ def test_adam_atan2_reduces_a_quadratic_loss():
     torch.testing.assert_close(x.detach(), target, atol=0.1, rtol=0.0)
 
 
-def test_adam_atan2_bias_correction_counts_steps_per_parameter():
+@pytest.mark.parametrize("fused", FUSED)
+def test_adam_atan2_bias_correction_counts_steps_per_parameter(fused):
     # A parameter that starts receiving gradients later has its own step count (as torch.optim.Adam).
     params, targets = _random_problem(6, [(3,), (4,)])
     lr = 2e-2
     ref = AdamATan2Reference(params, lr, (0.9, 0.99), 0.05)
-    opt = AdamATan2(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.05)
+    opt = AdamATan2(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.05, fused=fused)
     for step in range(6):
         opt.zero_grad(set_to_none=True)
         active = params if step >= 3 else params[:1]
@@ -240,3 +252,81 @@ def test_adam_atan2_bias_correction_counts_steps_per_parameter():
         opt.step()
     for p, r in zip(params, ref.p):
         torch.testing.assert_close(p.detach().double(), r, atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.skipif(triton is None, reason="no triton")
+def test_the_fused_update_is_the_foreach_update_to_rounding():
+    """fused_optim's kernel against the foreach update over a parameter of several programs,
+    with lr a 0-d float64 tensor (as the trainer's schedule gives it): p, m and v agree to an
+    ulp or two (the interpreter's arctan2 and CPU fma are not CUDA's)."""
+    params, targets = _random_problem(7, [(3000,), (64, 5)])
+    twins = [p.detach().clone().requires_grad_(True) for p in params]
+    lr = torch.tensor(0.0, dtype=torch.float64)
+    foreach = AdamATan2(params, lr=lr, weight_decay=0.1)
+    fused = AdamATan2(twins, lr=lr, weight_decay=0.1, fused=True)
+    for step in range(5):
+        lr.fill_(1e-2 * (step + 1))  # the same tensor in both optimizers' groups
+        for opt, ps in ((foreach, params), (fused, twins)):
+            opt.zero_grad()
+            _loss(ps, targets).backward()
+            opt.step()
+    for p, q in zip(params, twins):
+        for a, b in ((q, p), *((fused.state[q][k], foreach.state[p][k])
+                               for k in ("exp_avg", "exp_avg_sq", "step"))):
+            torch.testing.assert_close(a, b, rtol=2e-7, atol=2e-7)
+
+
+@pytest.mark.skipif(triton is None, reason="no triton")
+def test_the_fused_update_refuses_what_its_kernel_cannot_update():
+    with pytest.raises(ValueError, match="fused AdamATan2 needs contiguous fp32 parameters"):
+        AdamATan2([torch.zeros(3, dtype=torch.bfloat16, requires_grad=True)], fused=True)
+
+
+@pytest.mark.skipif(triton is None, reason="no triton")
+def test_a_short_run_with_the_fused_update_is_the_foreach_run():
+    """The trainer's AdamATan2 as `train.fused_optimizer` says; both updates make the same
+    transitions and weights to rounding (Triton's interpreter on a CPU)."""
+    from hrm_agent.bench.train import CHECK, compare_runs
+    from hrm_agent.experiment import load_profile
+    from hrm_agent.trainer import Trainer
+
+    runs = []
+    for fused in ("on", "off"):
+        torch.manual_seed(0)
+        runs.append(Trainer(load_profile("paper-fourrooms", [
+            *CHECK, "train.device='cpu'", f"train.fused_optimizer='{fused}'"])))
+        runs[-1].train(progress=False)
+    assert runs[0].optimizer.fused and not runs[1].optimizer.fused
+    diff = compare_runs(*runs)
+    assert diff["same_transitions"] and diff["max_weight_diff"] < 1e-6, diff
+
+
+# Run in a fresh process: under the interpreter, triton.jit makes no compilable kernels.
+COMPILE_FOR_H100 = """
+import triton
+from triton.backends.compiler import GPUTarget
+from hrm_agent import fused_optim
+signature = dict.fromkeys(("p_ptr", "g_ptr", "m_ptr", "v_ptr"), "*fp32")
+signature.update(dict.fromkeys(("step_size_ptr", "bc2_sqrt_ptr", "decay_ptr"), "*fp64"))
+signature.update(n="i32", **dict.fromkeys(("lerp_weight", "beta2", "one_minus_beta2"), "fp32"))
+for decay in (True, False):
+    constants = dict(DECAY=decay, BLOCK=fused_optim.BLOCK)
+    source = triton.compiler.ASTSource(
+        fn=fused_optim._adam_atan2_kernel, constexprs=constants,
+        signature={**signature, **dict.fromkeys(constants, "constexpr")})
+    kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4})
+    assert kernel.asm["cubin"]
+    print(decay, "ok")
+"""
+
+
+@pytest.mark.skipif(triton is None, reason="no triton")
+def test_the_fused_update_compiles_for_an_h100(tmp_path):
+    """Triton's compiler builds the kernel for sm_90, CUDA's atan2f (libdevice) linked in: the
+    part of the kernel the interpreter replaces, checked without a GPU."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    proc = subprocess.run([sys.executable, "-c", COMPILE_FOR_H100], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.count("ok") == 2

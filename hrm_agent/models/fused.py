@@ -98,11 +98,13 @@ def _load_table(t_ptr, rows, j, S: tl.constexpr, HD: tl.constexpr):
     return tl.load(t_ptr + rows[:, None] * HD + j[None, :], mask=(rows < S)[:, None], other=0.0)
 
 
-# (query rows, key rows, warps): one tiling, chosen by an H100's autotuner over 128x128/8,
-# 128x64/8 and 64x64/4 for both bf16 shapes, and run through 21K training steps. 128x128 broke
-# on the H100 at batch 256 (an illegal memory access, or NaN), so nothing is timed inside the
-# training loop any more; `bench fused` times tilings offline.
-TILING = (64, 64, 4)
+# (query rows, key rows, warps, registers per thread or 0 for the compiler's choice): one
+# tiling, chosen by an H100's autotuner over 128x128/8, 128x64/8 and 64x64/4 for both bf16
+# shapes, and run through 21K training steps. 128x128 broke on the H100 at batch 256 (an
+# illegal memory access, or NaN), so nothing is timed inside the training loop any more; `bench
+# fused` times tilings offline. (64x64/4 takes ~226 registers: two programs per SM. Capped at
+# 168, three fit, at 128 four, with spills; unmeasured.)
+TILING = (64, 64, 4, 0)
 
 
 @triton.jit
@@ -160,18 +162,19 @@ def _block_kernel(x_ptr, inj_ptr, out_ptr, wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, co
 
 
 def launch(x: Tensor, inj: Tensor | None, wqkv: Tensor, wo: Tensor, wgu: Tensor, wd: Tensor,
-           cos: Tensor, sin: Tensor, num_heads: int, tiling: tuple[int, int, int] = TILING) -> Tensor:
+           cos: Tensor, sin: Tensor, num_heads: int, tiling: tuple[int, ...] = TILING) -> Tensor:
     """`layers.Block` on x (B, S, D) (after adding `inj`, when given): the kernel's launch at
-    `tiling` (query rows, key rows, warps)."""
+    `tiling` (query rows, key rows, warps, register cap or 0)."""
     b, s, d = x.shape
-    block_m, block_n, warps = tiling
+    block_m, block_n, warps, registers = tiling
     x, wqkv, wo, wgu, wd = (t.contiguous() for t in (x, wqkv, wo, wgu, wd))
     out = torch.empty_like(x)
     _block_kernel[(b, triton.cdiv(s, block_m))](
         x, x if inj is None else inj.contiguous(), out, wqkv, wo, wgu, wd, cos.contiguous(),
         sin.contiguous(), 1.0 / math.sqrt(d // num_heads), S=s, D=d, HEADS=num_heads,
         W=wd.shape[1], HAS_INJ=inj is not None, IEEE=x.dtype == torch.float32 or INTERPRET,
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps)
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+        **({"maxnreg": registers} if registers else {}))
     return out
 
 

@@ -165,7 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train only: profiles to time (default: the cpu and paper profiles)")
     p.add_argument("--modes", metavar="MODE,...",
                    help="train only: eager, fast (torch.compile + CUDA graphs on CUDA), fused (fast with "
-                        "the fused Triton blocks; CUDA only); default: those the device runs")
+                        "our Triton kernels: the blocks and AdamATan2; CUDA only); default: those "
+                        "the device runs")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_bench)
 
@@ -226,8 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs at once; one that ends early hands its place on (default: one "
                         "on the fast path or a CPU, all on the eager path)")
     p.add_argument("--fast", choices=["auto", "bench", "on", "off", "fused"], default="auto",
-                   help="the fast path (torch.compile + CUDA graphs); fused: with the fused "
-                        "blocks (on and fused: unmeasured, a failing run retried a step down); "
+                   help="the fast path (torch.compile + CUDA graphs); fused: with our Triton "
+                        "kernels (on and fused: unmeasured, a failing run retried a step down); "
                         "bench: if `bench train` finds it equal to eager and faster; auto: as "
                         "the last window on this GPU, torch, triton and code found "
                         "(windows.jsonl in --from), else bench")

@@ -5,9 +5,11 @@ with the machine's own python3 (torch, numpy and tqdm are all it needs), does in
 1. report: GPU, torch, triton, and whether triton has a C compiler;
 2. smoke: a few optimizer steps of the paper profile in a subprocess (eager), then
    `bench train --quick` on paper-fourrooms, eager, fast (torch.compile + CUDA graphs) and
-   fused (fast, with the HRM's gradient-free blocks as Triton kernels); the fast path is kept
-   only if it runs, trains a small fp32 run exactly as the eager path does, and is faster, and
-   with the fused blocks only if they pass the same check and are faster still
+   fused (fast, with our Triton kernels: the HRM's gradient-free blocks and AdamATan2); the
+   fast path is kept only if it runs, trains a small fp32 run exactly as the eager path does,
+   and is faster, and the fused one only if it passes the same check and is faster still.
+   Before the fused bench, `bench fused` times the block kernel's tilings, and the fused path
+   goes at the fastest that computes the reference tiling's blocks
    (`--bench-maze`: paper-maze too, for the record, ~2 more minutes).
    A window skips both, and gives their minutes to training, when the last window on the
    same GPU, torch, triton and training code (`windows.jsonl` in `--from`) trained on a
@@ -74,6 +76,7 @@ TOY = ["model.hidden_size=32", "model.H_layers=1", "model.L_layers=1", "model.se
 # bench run past the window's budget (`--bench-maze` adds a second): the machine's limit on a
 # command would kill the whole job, before its job.json is written.
 BENCH_TIMEOUT_S = 360
+TILINGS_TIMEOUT_S = 240  # `bench fused`: its tilings compile in parallel, then ~10 s each
 MIN_RUN_S = 30  # a run starts (or, its path failed, restarts a step down) only with this much time left
 # The runs get SIGTERM STOP_S before the budget's end (a paper run checkpointed and exited within
 # ~5 s of it on an H100), and one still going GRACE_S after that is killed: a job overruns its
@@ -116,7 +119,8 @@ def report() -> dict[str, Any]:
 
 
 # Training code the job's process never imports (a run imports it when it asks for it).
-LAZY = {"hrm_agent.models.fused": Path(__file__).parent / "models" / "fused.py"}
+LAZY = {"hrm_agent.models.fused": Path(__file__).parent / "models" / "fused.py",
+        "hrm_agent.fused_optim": Path(__file__).parent / "fused_optim.py"}
 
 
 def training_code() -> str:
@@ -304,6 +308,32 @@ class Job:
         self.mirror()  # job.json: the measurement comes back even if the window ends now
         return bench
 
+    def choose_tiling(self) -> None:
+        """`bench fused`: the fused blocks (their bench, then the runs) go at the fastest tiling
+        whose blocks are the reference tiling's (`fastest_tiling`), through `TILING_VAR`; at
+        the reference tiling if none was timed."""
+        from hrm_agent.bench.fused import fastest_tiling
+        from hrm_agent.models.fused import TILING_VAR
+
+        left = self.end - time.monotonic()
+        if left < MIN_RUN_S:
+            return
+        start = time.monotonic()
+        cmd = [sys.executable, "-m", "hrm_agent", "bench", "fused", "--json"]
+        outcome = self.info["bench_tilings"] = self.subprocess(
+            cmd, timeout_s=min(TILINGS_TIMEOUT_S, left))
+        if outcome["ok"]:
+            outcome["result"] = json.loads(outcome.pop("stdout").strip().splitlines()[-1])
+        else:
+            self.log.tail("bench fused failed", outcome.pop("stderr"))
+        tiling = self.info["tiling"] = fastest_tiling(outcome.get("result"))
+        if tiling:
+            self.env[TILING_VAR] = ",".join(map(str, tiling))
+        self.log(f"bench fused ({time.monotonic() - start:.0f} s): "
+                 + json.dumps(outcome.get("result") or outcome["reason"])
+                 + f"; the fused blocks go at {self.env.get(TILING_VAR, 'the reference tiling')}")
+        self.mirror()
+
     def earlier_verdict(self) -> dict[str, Any] | None:
         """The last earlier window (in `--from`'s windows.jsonl) on this GPU, torch, triton and
         training code, if it trained on the fast path by a measured verdict (its own bench's, or
@@ -332,6 +362,11 @@ class Job:
         if earlier:  # that window ran this very code here: no smoke test can tell more
             self.info["fast_verified_by"] = earlier["date"]
             self.fused = bool(earlier.get("fused"))
+            if self.fused and earlier.get("tiling"):
+                from hrm_agent.models.fused import TILING_VAR
+
+                self.info["tiling"] = earlier["tiling"]
+                self.env[TILING_VAR] = ",".join(map(str, earlier["tiling"]))
             self.log(f"training fast without a smoke test or a bench: the window of "
                      f"{earlier['date']} found the fast path equal to eager and faster, and "
                      "trained on it, on this GPU, torch, triton and code")
@@ -361,6 +396,7 @@ class Job:
         eager, fast = (row[mode]["optimizer_steps_per_s"] for mode in ("eager", "fast"))
         # the fused blocks in a bench of their own: new kernels that fail, even one that breaks
         # its process's CUDA context, cost the fast path nothing
+        self.choose_tiling()
         fused = self.measure("paper-fourrooms", "bench_fused", ["fused"])
         checked = fused["ok"] and fused["result"]["fused_check"]["ok"]
         fused_rate = (fused["result"]["paper-fourrooms"]["fused"]["optimizer_steps_per_s"]
@@ -620,7 +656,7 @@ def history_markdown(into: str | Path) -> str:
               "", "(The share of a window spent training: each run's steps at its last steady",
               "rate, over the window's wall time and places; the rest went to the smoke test,",
               "benches, start-up, compiling, validations and checkpoints.)"]
-    return "\n".join(lines + bench_markdown(windows)) + "\n"
+    return "\n".join(lines + bench_markdown(windows) + tilings_markdown(windows)) + "\n"
 
 
 def _measured_fast(window: dict[str, Any]) -> bool:
@@ -686,6 +722,39 @@ def bench_markdown(windows: list[dict[str, Any]]) -> list[str]:
                   "| kernel | calls per step | ms per step | share |", "|---|---|---|---|"]
         lines += [f"| `{k['name']}` | {k['calls_per_step']} | {k['ms_per_step']} | {k['share']:.1%} |"
                   for k in kernels["top"]]
+    return lines
+
+
+def tilings_markdown(windows: list[dict[str, Any]]) -> list[str]:
+    """The last window's `bench fused`: µs per block pass of each tiling at each shape, with
+    the weights in bf16 (as training passes them; in fp32 in parentheses), and the tiling the
+    fused path trained at."""
+    from hrm_agent.bench.fused import tiling_name
+
+    window = next((w for w in reversed(windows) if _measured(w.get("bench_tilings"))), None)
+    if window is None:
+        return []
+    trained = tiling_name(window["tiling"]) if window.get("tiling") else "the reference"
+    result = _measured(window["bench_tilings"])
+    entries = [e for e in result["tilings"].values() if e.get("shapes")]
+    shapes = list(entries[0]["shapes"]) if entries else []
+    lines = ["", f"## The fused block kernel's tilings (`bench fused`, {window['date']}, "
+             f"{result['device']}, batch {result['batch']})", "",
+             "µs per block pass (bf16 weights; fp32 weights in parentheses), and the largest "
+             f"difference from the reference tiling's blocks ({result['reference']}). Trained "
+             f"at: {trained}.", "",
+             "| tiling | " + " | ".join(shapes) + " | max difference |",
+             "|---|" + "---|" * (len(shapes) + 1)]
+    for name, entry in result["tilings"].items():
+        rows = entry.get("shapes")
+        if not rows:
+            lines.append(f"| {name} | " + " | ".join(["-"] * len(shapes))
+                         + f" | {entry.get('error', '-')[:80]} |")
+            continue
+        cells = [f"{rows[s]['us_per_pass']} ({rows[s]['us_per_pass_fp32_weights']})"
+                 if "us_per_pass" in rows.get(s, {}) else "-" for s in shapes]
+        worst = max(r["max_diff"] if r["finite"] else math.inf for r in rows.values())
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {worst:.3g} |")
     return lines
 
 

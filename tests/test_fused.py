@@ -169,9 +169,21 @@ def test_bench_fused_compares_each_tiling_in_a_process_of_its_own():
     from hrm_agent.bench.fused import run
 
     result = run(tilings=[(32, 64, 4, 128), (48, 64, 4, 0)])
-    assert result["in_use"] == "{}x{}, {} warps".format(*fused.TILING)
-    rows = result["tilings"]["32x64, 4 warps, 128 registers"]
+    assert result["reference"] == "{}x{}, {} warps".format(*fused.TILING)
+    assert result["tilings"]["32x64, 4 warps, 128 registers"]["tiling"] == [32, 64, 4, 128]
+    rows = result["tilings"]["32x64, 4 warps, 128 registers"]["shapes"]
     assert len(rows) == 4 and all(r["finite"] and r["max_diff"] < 0.05 for r in rows.values()), rows
     # bf16 weights cast once (as training passes them) or fp32 ones rounded in the kernel: the same
     assert all(r["max_diff_fp32_weights"] == 0 for r in rows.values()), rows
     assert "error" in result["tilings"]["48x64, 4 warps"]  # not a power of two
+
+
+def test_the_tiling_in_use_comes_from_its_variable_and_a_bad_one_is_named():
+    """The GPU job hands the runs its `bench fused` choice through `TILING_VAR`."""
+    env = {**os.environ, fused.TILING_VAR: "64,64,4,128"}
+    code = "from hrm_agent.models import fused; print(fused.IN_USE)"
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert proc.stdout.strip() == "(64, 64, 4, 128)", proc.stderr[-2000:]
+    assert fused.IN_USE == fused.TILING  # here: no variable
+    with pytest.raises(ValueError, match="HRM_AGENT_FUSED_TILING='64,64': expected 'query rows,"):
+        fused.parse_tiling("64,64")

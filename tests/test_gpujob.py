@@ -160,15 +160,20 @@ TINY_JOB = ["model.hidden_size=32", "model.H_layers=1", "model.L_layers=1", "mod
             "train.device='cpu'"]
 
 
-def _auto_job(tmp_path, monkeypatch, fast="auto", carried=None, **kwargs):
+def _auto_job(tmp_path, monkeypatch, fast="auto", carried=None, tilings=None, **kwargs):
     """A job (`--fast auto` unless told) whose smoke test passes (the benchmark is the test's
-    to fake)."""
+    to fake) and whose `bench fused` gives `tilings` (default: it fails)."""
     from hrm_agent.gpujob import Job
 
     (tmp_path / "out").mkdir()
     job = Job(tmp_path / "out", tmp_path / "work", ["fourrooms-carry-z"], minutes=1.0, parallel=1,
               carried=carried, toy=True, fast=fast, device="cpu", **kwargs)
     monkeypatch.setattr(job, "smoke", lambda: {"ok": True, "wall_s": 1.0, "optimizer_steps_per_s": 40.0})
+    bench_fused = ({"ok": True, "stdout": json.dumps(tilings) + "\n"} if tilings else
+                   {"ok": False, "reason": "no output", "stderr": "Traceback: ..."})
+    run = job.subprocess
+    monkeypatch.setattr(job, "subprocess", lambda cmd, timeout_s: (
+        dict(bench_fused) if cmd[-3:] == ["bench", "fused", "--json"] else run(cmd, timeout_s)))
     return job
 
 
@@ -219,6 +224,62 @@ def test_the_fused_blocks_train_only_if_their_own_bench_finds_them_equal_and_fas
     assert job.choose_fast() is fast and job.fused is fused
     assert asked == [["eager", "fast"], ["fused"]]
     assert job.info["bench_fused"] is fused_bench
+
+
+def _tilings(**us_per_pass) -> dict:
+    """A `bench fused` result: per tiling name (e.g. t64_64_4_128), µs per pass at two shapes
+    or None for a tiling whose process failed."""
+    tilings = {}
+    for name, us in us_per_pass.items():
+        tiling = [int(n) for n in name[1:].split("_")]
+        tilings[name] = {"tiling": tiling, **({"error": "illegal memory access"} if us is None else {
+            "shapes": {shape: {"finite": True, "max_diff": 0.0, "us_per_pass": us}
+                       for shape in ("122 positions, with injection", "122 positions, no injection")}})}
+    return {"device": "NVIDIA H100 80GB HBM3", "batch": 256, "reference": "64x64, 4 warps",
+            "tilings": tilings}
+
+
+def test_the_fused_path_goes_at_the_fastest_tiling_of_its_bench(tmp_path, monkeypatch):
+    """`bench fused` before the fused bench: its fastest tiling (of those whose blocks are the
+    reference's) is what the fused bench and the runs use, through the tiling variable."""
+    from hrm_agent.models.fused import TILING_VAR
+
+    job = _auto_job(tmp_path, monkeypatch, tilings=_tilings(
+        t64_64_4_0=40.0, t64_64_4_128=25.0, t128_128_8_0=None))
+    bench = {"ok": True, "result": {"fast_path_check": {"ok": True}, "paper-fourrooms": {
+        "eager": {"optimizer_steps_per_s": 40.0}, "fast": {"optimizer_steps_per_s": 300.0}}}}
+    seen = []
+    monkeypatch.setattr(job, "benchmark", lambda profile, modes: seen.append(
+        (modes, job.env.get(TILING_VAR))) or (_fused_bench(True, 400.0) if modes == ["fused"] else bench))
+    assert job.choose_fast() is True and job.fused is True
+    assert seen == [(["eager", "fast"], None), (["fused"], "64,64,4,128")]
+    assert job.info["tiling"] == (64, 64, 4, 128)
+    assert "the fused blocks go at 64,64,4,128" in (tmp_path / "out" / "job.log").read_text()
+
+
+def test_a_failed_bench_of_the_tilings_leaves_the_reference_tiling(tmp_path, monkeypatch):
+    from hrm_agent.models.fused import TILING_VAR
+
+    job = _auto_job(tmp_path, monkeypatch)
+    job.choose_tiling()
+    assert TILING_VAR not in job.env and job.info["tiling"] is None
+    log = (tmp_path / "out" / "job.log").read_text()
+    assert "bench fused failed; the end of its output:\n    Traceback: ..." in log
+    assert "the fused blocks go at the reference tiling" in log
+
+
+def test_the_fastest_tiling_is_one_that_computes_the_reference_blocks():
+    from hrm_agent.bench.fused import fastest_tiling
+
+    result = _tilings(t64_64_4_0=40.0, t64_64_4_128=30.0, t64_64_4_168=20.0, t32_64_4_0=10.0,
+                      t128_64_8_0=5.0, t128_128_8_0=None)
+    shapes = result["tilings"]
+    next(iter(shapes["t32_64_4_0"]["shapes"].values()))["max_diff"] = 0.5  # other blocks
+    next(iter(shapes["t128_64_8_0"]["shapes"].values()))["finite"] = False  # NaN
+    del next(iter(shapes["t64_64_4_168"]["shapes"].values()))["us_per_pass"]  # not timed
+    assert fastest_tiling(result) == (64, 64, 4, 128)
+    assert fastest_tiling(None) is None
+    assert fastest_tiling(_tilings(t128_128_8_0=None)) is None
 
 
 H100 = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.11.0+cu130", "triton": "3.6.0",
@@ -275,14 +336,19 @@ def test_auto_skips_the_bench_after_a_window_on_the_same_gpu_torch_and_code_meas
         assert f"the window of {reused} found" in (tmp_path / "out" / "job.log").read_text()
 
 
-def test_a_reused_verdict_keeps_its_choice_of_the_fused_blocks(tmp_path, monkeypatch):
+def test_a_reused_verdict_keeps_its_choice_of_the_fused_blocks_and_their_tiling(tmp_path,
+                                                                               monkeypatch):
+    from hrm_agent.models.fused import TILING_VAR
+
     carried = tmp_path / "gpu-runs"
     carried.mkdir()
-    (carried / "windows.jsonl").write_text(json.dumps(_window("12-01", fused=True)) + "\n")
+    window = dict(_window("12-01", fused=True), tiling=[64, 64, 4, 128])
+    (carried / "windows.jsonl").write_text(json.dumps(window) + "\n")
     job = _auto_job(tmp_path, monkeypatch, carried=carried)
     job.info["report"] = dict(H100, python="3.12.3")
     monkeypatch.setattr(job, "benchmark", lambda profile, modes: pytest.fail("benched"))
     assert job.choose_fast() is True and job.fused is True
+    assert job.env[TILING_VAR] == "64,64,4,128"
 
 
 @pytest.mark.parametrize("window, path", [
@@ -424,6 +490,23 @@ def test_the_runs_readme_reports_each_windows_bench_and_the_busiest_kernels():
     text = "\n".join(bench_markdown(windows))
     assert "Busiest kernels of the fast path with the fused blocks, paper-fourrooms, 2026-12-01" in text
     assert "| `_block_kernel` | 64.0 | 1.0 | 50.0% |" in text and "triton_fused_rms_norm" not in text
+
+
+def test_the_runs_readme_shows_the_last_windows_tilings_and_the_one_trained_at():
+    from hrm_agent.gpujob import tilings_markdown
+
+    result = _tilings(t64_64_4_0=40.0, t64_64_4_128=25.0, t128_128_8_0=None)
+    for entry in result["tilings"].values():
+        for row in entry.get("shapes", {}).values():
+            row["us_per_pass_fp32_weights"] = row["us_per_pass"] + 10
+    windows = [{"date": "2026-12-01", "bench_tilings": {"ok": True, "result": result},
+                "tiling": [64, 64, 4, 128]}, {"date": "2026-12-02"}]
+    text = "\n".join(tilings_markdown(windows))
+    assert "(`bench fused`, 2026-12-01, NVIDIA H100 80GB HBM3, batch 256)" in text
+    assert "Trained at: 64x64, 4 warps, 128 registers." in text
+    assert "| t64_64_4_128 | 25.0 (35.0) | 25.0 (35.0) | 0 |" in text
+    assert "| t128_128_8_0 | - | - | illegal memory access |" in text
+    assert tilings_markdown([{"date": "2026-12-02"}]) == []
 
 
 def test_bench_maze_measures_the_maze_too_and_the_decision_stays_four_rooms(tmp_path, monkeypatch):

@@ -105,6 +105,20 @@ def _load_table(t_ptr, rows, j, S: tl.constexpr, HD: tl.constexpr):
 # fused` times tilings offline. (64x64/4 takes ~226 registers: two programs per SM. Capped at
 # 168, three fit, at 128 four, with spills; unmeasured.)
 TILING = (64, 64, 4, 0)
+# The tiling the kernel runs at, when not TILING: "query rows,key rows,warps,registers". The GPU
+# job sets it to the fastest of its `bench fused` whose blocks are TILING's.
+TILING_VAR = "HRM_AGENT_FUSED_TILING"
+
+
+def parse_tiling(text: str) -> tuple[int, int, int, int]:
+    parts = text.split(",")
+    if len(parts) != 4 or not all(part.strip().isdigit() for part in parts):
+        raise ValueError(f"{TILING_VAR}={text!r}: expected 'query rows,key rows,warps,registers', "
+                         "e.g. '64,64,4,0'")
+    return tuple(int(part) for part in parts)
+
+
+IN_USE = parse_tiling(os.environ[TILING_VAR]) if os.environ.get(TILING_VAR) else TILING
 
 
 @triton.jit
@@ -181,9 +195,9 @@ def launch(x: Tensor, inj: Tensor | None, wqkv: Tensor, wo: Tensor, wgu: Tensor,
 @torch.library.custom_op("hrm_agent::fused_block", mutates_args=())
 def fused_block_op(x: Tensor, inj: Tensor | None, wqkv: Tensor, wo: Tensor, wgu: Tensor,
                    wd: Tensor, cos: Tensor, sin: Tensor, num_heads: int) -> Tensor:
-    """`launch` at the kernel's tiling, gradient-free: an opaque op to torch.compile, so that
-    a compiled segment calls the kernel as is."""
-    return launch(x, inj, wqkv, wo, wgu, wd, cos, sin, num_heads)
+    """`launch` at the tiling in use, gradient-free: an opaque op to torch.compile, so that a
+    compiled segment calls the kernel as is."""
+    return launch(x, inj, wqkv, wo, wgu, wd, cos, sin, num_heads, IN_USE)
 
 
 @fused_block_op.register_fake

@@ -26,5 +26,6 @@ def polyak_update(target: nn.Module, online: nn.Module, decay: float) -> None:
     copied exactly, as the authors' soft update does."""
     t_params, o_params = list(target.parameters()), list(online.parameters())
     torch._foreach_lerp_(t_params, o_params, 1.0 - decay)
-    for t_buf, o_buf in zip(target.buffers(), online.buffers()):
-        t_buf.copy_(o_buf)
+    t_bufs, o_bufs = list(target.buffers()), list(online.buffers())
+    if t_bufs:  # one kernel for all, where a copy each is a kernel each
+        torch._foreach_copy_(t_bufs, o_bufs)

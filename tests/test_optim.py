@@ -18,8 +18,11 @@ try:
     import triton  # noqa: F401
 except ImportError:
     triton = None
-# the foreach update, and fused_optim's kernel (Triton's interpreter without a GPU)
-FUSED = [False, pytest.param(True, marks=pytest.mark.skipif(triton is None, reason="no triton"))]
+# the foreach update, and fused_optim's kernel: on CUDA where there is a GPU (`make test-cuda`
+# runs the fused tests), else on a CPU under Triton's interpreter
+FUSED = [pytest.param(False, id="foreach"),
+         pytest.param(True, id="fused", marks=pytest.mark.skipif(triton is None, reason="no triton"))]
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 class AdamATan2Reference:
@@ -49,10 +52,10 @@ class AdamATan2Reference:
                          - self.lr / bc1 * torch.atan2(self.m[i], self.v[i].sqrt() / math.sqrt(bc2)))
 
 
-def _random_problem(seed: int, shapes):
+def _random_problem(seed: int, shapes, device: str = "cpu"):
     g = torch.Generator().manual_seed(seed)
-    params = [torch.randn(s, generator=g).requires_grad_(True) for s in shapes]
-    targets = [torch.randn(s, generator=g) for s in shapes]
+    params = [torch.randn(s, generator=g).to(device).requires_grad_(True) for s in shapes]
+    targets = [torch.randn(s, generator=g).to(device) for s in shapes]
     return params, targets
 
 
@@ -66,7 +69,7 @@ def _loss(params, targets):
 @pytest.mark.parametrize("betas", [(0.9, 0.999), (0.8, 0.95), (0.3, 0.9)])  # lerp's two forms
 def test_adam_atan2_matches_float64_reference_over_several_steps(wd, betas, fused):
     shapes = [(5, 3), (7,), ()]
-    params, targets = _random_problem(0, shapes)
+    params, targets = _random_problem(0, shapes, DEVICE if fused else "cpu")
     lr = 3e-2
     ref = AdamATan2Reference(params, lr, betas, wd)
     opt = AdamATan2(params, lr=lr, betas=betas, weight_decay=wd, fused=fused)
@@ -240,7 +243,7 @@ def test_adam_atan2_reduces_a_quadratic_loss():
 @pytest.mark.parametrize("fused", FUSED)
 def test_adam_atan2_bias_correction_counts_steps_per_parameter(fused):
     # A parameter that starts receiving gradients later has its own step count (as torch.optim.Adam).
-    params, targets = _random_problem(6, [(3,), (4,)])
+    params, targets = _random_problem(6, [(3,), (4,)], DEVICE if fused else "cpu")
     lr = 2e-2
     ref = AdamATan2Reference(params, lr, (0.9, 0.99), 0.05)
     opt = AdamATan2(params, lr=lr, betas=(0.9, 0.99), weight_decay=0.05, fused=fused)
@@ -258,10 +261,10 @@ def test_adam_atan2_bias_correction_counts_steps_per_parameter(fused):
 def test_the_fused_update_is_the_foreach_update_to_rounding():
     """fused_optim's kernel against the foreach update over a parameter of several programs,
     with lr a 0-d float64 tensor (as the trainer's schedule gives it): p, m and v agree to an
-    ulp or two (the interpreter's arctan2 and CPU fma are not CUDA's)."""
-    params, targets = _random_problem(7, [(3000,), (64, 5)])
+    ulp or two (fma, and on a CPU the interpreter's arctan2, which is not CUDA's atan2f)."""
+    params, targets = _random_problem(7, [(3000,), (64, 5)], DEVICE)
     twins = [p.detach().clone().requires_grad_(True) for p in params]
-    lr = torch.tensor(0.0, dtype=torch.float64)
+    lr = torch.tensor(0.0, dtype=torch.float64, device=DEVICE)
     foreach = AdamATan2(params, lr=lr, weight_decay=0.1)
     fused = AdamATan2(twins, lr=lr, weight_decay=0.1, fused=True)
     for step in range(5):
@@ -288,13 +291,13 @@ def test_a_short_run_with_the_fused_update_is_the_foreach_run():
     transitions and weights to rounding (Triton's interpreter on a CPU)."""
     from hrm_agent.bench.train import CHECK, compare_runs
     from hrm_agent.experiment import load_profile
-    from hrm_agent.trainer import Trainer
+    from hrm_agent.trainer import PATHS, Trainer
 
     runs = []
     for fused in ("on", "off"):
         torch.manual_seed(0)
         runs.append(Trainer(load_profile("paper-fourrooms", [
-            *CHECK, "train.device='cpu'", f"train.fused_optimizer='{fused}'"])))
+            *CHECK, f"train.device='{DEVICE}'", *PATHS["eager"], f"train.fused_optimizer='{fused}'"])))
         runs[-1].train(progress=False)
     assert runs[0].optimizer.fused and not runs[1].optimizer.fused
     diff = compare_runs(*runs)

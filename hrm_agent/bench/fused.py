@@ -24,7 +24,7 @@ import torch
 
 # (query rows, key rows, warps, register cap or 0): 128x128/8 is left out, it faulted
 TILINGS = [(32, 64, 4, 0), (64, 64, 4, 0), (64, 64, 4, 168), (64, 64, 4, 128), (64, 128, 4, 0),
-           (128, 64, 8, 0)]
+           (128, 64, 8, 0), (128, 64, 8, 128)]
 SEQ_LENS = (121, 143)  # four-rooms, maze (+1 position: the task token)
 REPS, ROUNDS = 16, 10
 TIMEOUT_S = 300

@@ -103,7 +103,8 @@ def _load_table(t_ptr, rows, j, S: tl.constexpr, HD: tl.constexpr):
 # shapes, and run through 21K training steps. 128x128 broke on the H100 at batch 256 (an
 # illegal memory access, or NaN), so nothing is timed inside the training loop any more; `bench
 # fused` times tilings offline. (64x64/4 takes ~226 registers: two programs per SM. Capped at
-# 168, three fit, at 128 four, with spills; unmeasured.)
+# 168, three fit, at 128 four, with spills; 128x64/8 capped at 128 fits two, so four-rooms'
+# 256 programs run in one wave; unmeasured.)
 TILING = (64, 64, 4, 0)
 # The tiling the kernel runs at, when not TILING: "query rows,key rows,warps,registers". The GPU
 # job sets it to the fastest of its `bench fused` whose blocks are TILING's.

@@ -717,11 +717,13 @@ def bench_markdown(windows: list[dict[str, Any]]) -> list[str]:
     if busiest:
         date, profile, mode, kernels = busiest
         path = "fast path with the fused blocks" if mode == "fused" else "fast path"
+        count = (f", {kernels['kernels_per_step']:,} kernels"
+                 if "kernels_per_step" in kernels else "")
         lines += ["", f"Busiest kernels of the {path}, {profile}, {date} "
-                  f"({kernels['ms_per_step']} ms of kernel time per optimizer step):", "",
+                  f"({kernels['ms_per_step']} ms of kernel time{count} per optimizer step):", "",
                   "| kernel | calls per step | ms per step | share |", "|---|---|---|---|"]
         lines += [f"| `{k['name']}` | {k['calls_per_step']} | {k['ms_per_step']} | {k['share']:.1%} |"
-                  for k in kernels["top"]]
+                  for k in kernels["top"][:10]]
     return lines
 
 

@@ -70,6 +70,8 @@ def test_the_kernel_profile_counts_per_optimizer_step(trainer):
     assert not [name for name in calls if name.startswith("Optimizer.step")]  # ranges, not ops
     assert kernels["busy"] == pytest.approx(kernels["ms_per_step"] / 1e3, abs=1e-3)
     assert sum(row["share"] for row in kernels["top"]) == pytest.approx(1, abs=1e-3)
+    assert kernels["kernels_per_step"] == pytest.approx(
+        sum(row["calls_per_step"] for row in kernels["top"]), abs=0.5)
 
 
 def test_a_graphed_trainer_is_profiled_on_the_functions_its_graphs_captured(trainer):

@@ -459,7 +459,7 @@ def test_a_failed_bench_leaves_its_traceback_in_the_job_log(tmp_path, monkeypatc
 def test_the_runs_readme_reports_each_windows_bench_and_the_busiest_kernels():
     from hrm_agent.gpujob import bench_markdown
 
-    kernels = {"ms_per_step": 3.2, "busy": 0.8, "top": [
+    kernels = {"ms_per_step": 3.2, "busy": 0.8, "kernels_per_step": 1234.5, "top": [
         {"name": "triton_fused_rms_norm", "calls_per_step": 88.0, "ms_per_step": 1.1, "share": 0.34}]}
     fast = {"optimizer_steps_per_s": 260.0, "effective_GBps": 1500.0,
             "fraction_of_copy_roofline": 0.6, "kernels": kernels}
@@ -480,7 +480,8 @@ def test_the_runs_readme_reports_each_windows_bench_and_the_busiest_kernels():
     assert ("| 2026-12-02 | NVIDIA H200 | paper-fourrooms (stopped: timed out after 360 s) | 45.0 | - "
             "| - | - | - | - | FAILED, - |") in text
     assert "2026-12-03" not in text
-    assert "Busiest kernels of the fast path, paper-fourrooms, 2026-12-01" in text
+    assert ("Busiest kernels of the fast path, paper-fourrooms, 2026-12-01 (3.2 ms of kernel "
+            "time, 1,234.5 kernels per optimizer step)") in text
     assert "| `triton_fused_rms_norm` | 88.0 | 1.1 | 34.0% |" in text
     assert bench_markdown([{"date": "2026-12-04"}]) == []  # a window that ran no bench
     # where the fused mode was profiled too, its kernels are the ones shown (it trains)

@@ -194,10 +194,11 @@ def _kernels_or_error(trainer: Trainer, wall_ms_per_step: float, cycles: int) ->
 
 
 def kernel_profile(trainer: Trainer, wall_ms_per_step: float, cycles: int = 2,
-                   top: int = 10) -> dict:
+                   top: int = 20) -> dict:
     """Per optimizer step of `cycles` profiled cycles: the device's busy milliseconds (CUDA
-    kernels and copies, or a CPU's aten ops' own time), `busy` = those over `wall_ms_per_step`
-    (timed unprofiled), and the `top` kernels by time, with calls and share of the busy time."""
+    kernels and copies, or a CPU's aten ops' own time) and how many there were, `busy` = the
+    milliseconds over `wall_ms_per_step` (timed unprofiled), and the `top` kernels by time, with
+    calls and share of the busy time."""
     cuda = trainer.device.type == "cuda"
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
     kind = DeviceType.CUDA if cuda else DeviceType.CPU
@@ -219,6 +220,7 @@ def kernel_profile(trainer: Trainer, wall_ms_per_step: float, cycles: int = 2,
     busy_us = sum(own_us(e) for e in events)
     ms = busy_us / 1e3 / steps
     return {"ms_per_step": round(ms, 3), "busy": round(ms / wall_ms_per_step, 3),
+            "kernels_per_step": round(sum(e.count for e in events) / steps, 1),
             "graphs_unrolled": trainer.graphed,
             "top": [{"name": e.key[:100], "calls_per_step": round(e.count / steps, 2),
                      "ms_per_step": round(own_us(e) / 1e3 / steps, 4),

@@ -15,7 +15,6 @@ which Triton's interpreter cannot call.
 from __future__ import annotations
 
 import numpy as np
-import torch
 import triton
 import triton.language as tl
 from torch import Tensor

@@ -28,10 +28,9 @@ class AdamATan2(torch.optim.Optimizer):
             raise ValueError(f"invalid AdamATan2 settings lr={lr}, betas={betas}, "
                              f"weight_decay={weight_decay}")
         super().__init__(params, dict(lr=lr, betas=betas, weight_decay=weight_decay))
-        # an attribute, not a group setting: a checkpoint's groups would carry it to a resume
         if fused:
             _check_fusable(self.param_groups)
-        self.fused = fused
+        self.fused = fused  # not a group setting: a checkpoint's groups would carry it to a resume
 
     def load_state_dict(self, state_dict) -> None:
         super().load_state_dict(state_dict)  # leaves the step counts where they were saved

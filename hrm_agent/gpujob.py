@@ -312,8 +312,7 @@ class Job:
         """`bench fused`: the fused blocks (their bench, then the runs) go at the fastest tiling
         whose blocks are the reference tiling's (`fastest_tiling`), through `TILING_VAR`; at
         the reference tiling if none was timed."""
-        from hrm_agent.bench.fused import fastest_tiling
-        from hrm_agent.models.fused import TILING_VAR
+        from hrm_agent.bench.fused import fastest_tiling, tiling_name
 
         left = self.end - time.monotonic()
         if left < MIN_RUN_S:
@@ -326,13 +325,22 @@ class Job:
             outcome["result"] = json.loads(outcome.pop("stdout").strip().splitlines()[-1])
         else:
             self.log.tail("bench fused failed", outcome.pop("stderr"))
-        tiling = self.info["tiling"] = fastest_tiling(outcome.get("result"))
+        tiling = fastest_tiling(outcome.get("result"))
+        self.set_tiling(tiling)
+        self.log(f"bench fused ({time.monotonic() - start:.0f} s): "
+                 + json.dumps(outcome.get("result") or outcome["reason"]) + "; the fused blocks go at "
+                 + (tiling_name(tiling) if tiling else "the reference tiling"))
+        self.mirror()
+
+    def set_tiling(self, tiling: list[int] | tuple[int, ...] | None) -> None:
+        """The fused blocks' tiling for the benches and runs to come (None: the reference)."""
+        from hrm_agent.models.fused import TILING_VAR  # (triton: only the fused path gets here)
+
+        self.info["tiling"] = tiling
         if tiling:
             self.env[TILING_VAR] = ",".join(map(str, tiling))
-        self.log(f"bench fused ({time.monotonic() - start:.0f} s): "
-                 + json.dumps(outcome.get("result") or outcome["reason"])
-                 + f"; the fused blocks go at {self.env.get(TILING_VAR, 'the reference tiling')}")
-        self.mirror()
+        else:
+            self.env.pop(TILING_VAR, None)
 
     def earlier_verdict(self) -> dict[str, Any] | None:
         """The last earlier window (in `--from`'s windows.jsonl) on this GPU, torch, triton and
@@ -363,10 +371,7 @@ class Job:
             self.info["fast_verified_by"] = earlier["date"]
             self.fused = bool(earlier.get("fused"))
             if self.fused and earlier.get("tiling"):
-                from hrm_agent.models.fused import TILING_VAR
-
-                self.info["tiling"] = earlier["tiling"]
-                self.env[TILING_VAR] = ",".join(map(str, earlier["tiling"]))
+                self.set_tiling(earlier["tiling"])
             self.log(f"training fast without a smoke test or a bench: the window of "
                      f"{earlier['date']} found the fast path equal to eager and faster, and "
                      "trained on it, on this GPU, torch, triton and code")
@@ -399,6 +404,12 @@ class Job:
         self.choose_tiling()
         fused = self.measure("paper-fourrooms", "bench_fused", ["fused"])
         checked = fused["ok"] and fused["result"]["fused_check"]["ok"]
+        if not checked and self.info.get("tiling"):  # the tiling's fault, perhaps
+            self.log("the fused path failed at the tiling bench fused chose; once more at the "
+                     "reference tiling")
+            self.set_tiling(None)
+            fused = self.measure("paper-fourrooms", "bench_fused", ["fused"])
+            checked = fused["ok"] and fused["result"]["fused_check"]["ok"]
         fused_rate = (fused["result"]["paper-fourrooms"]["fused"]["optimizer_steps_per_s"]
                       if checked else 0.0)
         self.fused = fused_rate > fast

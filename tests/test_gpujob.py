@@ -254,7 +254,30 @@ def test_the_fused_path_goes_at_the_fastest_tiling_of_its_bench(tmp_path, monkey
     assert job.choose_fast() is True and job.fused is True
     assert seen == [(["eager", "fast"], None), (["fused"], "64,64,4,128")]
     assert job.info["tiling"] == (64, 64, 4, 128)
-    assert "the fused blocks go at 64,64,4,128" in (tmp_path / "out" / "job.log").read_text()
+    assert "the fused blocks go at 64x64, 4 warps, 128 registers" in (
+        tmp_path / "out" / "job.log").read_text()
+
+
+def test_a_fused_bench_that_fails_at_the_chosen_tiling_is_run_again_at_the_reference(
+        tmp_path, monkeypatch):
+    from hrm_agent.models.fused import TILING_VAR
+
+    job = _auto_job(tmp_path, monkeypatch, tilings=_tilings(t64_64_4_0=40.0, t128_64_8_128=25.0))
+    bench = {"ok": True, "result": {"fast_path_check": {"ok": True}, "paper-fourrooms": {
+        "eager": {"optimizer_steps_per_s": 40.0}, "fast": {"optimizer_steps_per_s": 300.0}}}}
+    seen = []
+
+    def benchmark(profile, modes):
+        seen.append((modes, job.env.get(TILING_VAR)))
+        if modes != ["fused"]:
+            return bench
+        return {"ok": False, "reason": "illegal memory access"} if TILING_VAR in job.env else (
+            _fused_bench(True, 400.0))
+
+    monkeypatch.setattr(job, "benchmark", benchmark)
+    assert job.choose_fast() is True and job.fused is True
+    assert seen == [(["eager", "fast"], None), (["fused"], "128,64,8,128"), (["fused"], None)]
+    assert job.info["tiling"] is None
 
 
 def test_a_failed_bench_of_the_tilings_leaves_the_reference_tiling(tmp_path, monkeypatch):

@@ -9,7 +9,8 @@ with the machine's own python3 (torch, numpy and tqdm are all it needs), does in
    fast path is kept only if it runs, trains a small fp32 run exactly as the eager path does,
    and is faster, and the fused one only if it passes the same check and is faster still.
    Before the fused bench, `bench fused` times the block kernel's tilings, and the fused path
-   goes at the fastest that computes the reference tiling's blocks
+   goes at the fastest that computes the reference tiling's blocks (at the reference tiling
+   if the fused bench fails at that one)
    (`--bench-maze`: paper-maze too, for the record, ~2 more minutes).
    A window skips both, and gives their minutes to training, when the last window on the
    same GPU, torch, triton and training code (`windows.jsonl` in `--from`) trained on a

@@ -82,9 +82,11 @@ def test_a_segment_with_fused_blocks_has_the_eager_q_and_gradients():
 
 @pytest.mark.skipif(DEVICE != "cuda", reason="the interpreter takes many minutes for a run")
 def test_a_short_cuda_run_with_fused_blocks_is_the_eager_run():
-    """The fused mode (torch.compile with the fused blocks as an opaque op, CUDA graphs) trains
-    the CHECK run as the eager path does: the check the GPU job trusts."""
-    check = check_fast_path(torch.device(DEVICE), tolerance=1e-5, modes=("fused",))["fused"]
+    """The fused mode (torch.compile with the fused kernels as opaque ops, CUDA graphs) trains
+    the CHECK run as the eager path does: the check the GPU job trusts, at its tolerance (an
+    H100 measured z within 2.9e-5: the kernel's online softmax sums in another order than
+    eager attention's)."""
+    check = check_fast_path(torch.device(DEVICE), tolerance=1e-4, modes=("fused",))["fused"]
     assert check["ok"], check
 
 

@@ -1,16 +1,16 @@
 """The fused block kernel's tilings: `python -m hrm_agent bench fused --json`.
 
-Times one block pass per tiling (query rows x key rows, warps, and a cap on registers per thread:
-fewer registers, more programs per SM) at the paper's shapes: batch
-256, a paper-size L block (hidden 64, 2 heads, SwiGLU 256) in bf16, with the injection (a
-module's first block) and without, at four-rooms' 122 positions and the maze's 144. A pass is
-replayed from a CUDA graph of `REPS` calls, as training replays it (no launch overhead between
-calls), and each tiling's blocks are compared with those of the reference tiling
-(`fused.TILING`, through 21K training steps). The GPU job trains at the fastest tiling whose
-blocks are the reference's (`fastest_tiling`). Each tiling runs in a process of its own, one after another, after all have
-compiled in parallel into Triton's cache: a tiling that faults (128x128 did on an H100) cannot
-take the others with it. On a CPU, Triton's interpreter runs the comparison at batch 1,
-untimed. `--quick`: batch 64.
+Times one block pass per tiling (query rows x key rows, warps, and a cap on registers per
+thread: fewer registers, more programs per SM) at the paper's shapes: batch 256, a paper-size
+L block (hidden 64, 2 heads, SwiGLU 256) in bf16, with the injection (a module's first block)
+and without, at four-rooms' 122 positions and the maze's 144. A pass is replayed from a CUDA
+graph of `REPS` calls, as training replays it (no launch overhead between calls), and each
+tiling's blocks are compared with those of the reference tiling (`fused.TILING`, through 21K
+training steps). The GPU job trains at the fastest tiling whose blocks are the reference's
+(`fastest_tiling`). Each tiling runs in a process of its own, one after another, after all
+have compiled in parallel into Triton's cache: a tiling that faults (128x128 did on an H100)
+cannot take the others with it. On a CPU, Triton's interpreter runs the comparison at batch
+1, untimed. `--quick`: batch 64.
 """
 from __future__ import annotations
 
@@ -51,7 +51,7 @@ def _graph_time_us(fn) -> float:
 
 @torch.no_grad()
 def measure(tiling: tuple[int, ...], batch: int, timed: bool) -> dict[str, dict]:
-    """In this process, per shape: the largest difference from the kernel's own tiling and from
+    """In this process, per shape: the largest difference from the reference tiling and from
     the same tiling reading fp32 weights (none: the kernel rounds them as the cast does),
     whether every output is finite, and (timed) µs per pass, with the weights in bf16 (as
     training passes them) and in fp32 (as the first windows did)."""

@@ -132,36 +132,42 @@ def test_auto_fuses_on_cuda_only_and_only_what_can_run():
 COMPILE_FOR_H100 = """
 import sys, triton
 from triton.backends.compiler import GPUTarget
+from hrm_agent.bench.fused import TILINGS
 from hrm_agent.models import fused
 pointers = ("x_ptr", "inj_ptr", "out_ptr", "wqkv_ptr", "wo_ptr", "wgu_ptr", "wd_ptr", "cos_ptr",
             "sin_ptr")
 signature = {**dict.fromkeys(pointers, "*bf16"), "sm_scale": "fp32"}
 # as a launch specialises tensors whose addresses are multiples of 16 bytes (all of them here)
 attrs = {(fused._block_kernel.arg_names.index(name),): [["tt.divisibility", 16]] for name in pointers}
-block_m, block_n, warps, registers = fused.TILING
-for has_inj in (True, False):
+# the reference with and without the injection; the bench's other tilings with it
+variants = [(fused.TILING, False)] + [(tiling, True) for tiling in dict.fromkeys([fused.TILING, *TILINGS])]
+for (block_m, block_n, warps, stages, registers), has_inj in variants:
     constants = dict(S=int(sys.argv[1]), D=64, HEADS=2, W=256, HAS_INJ=has_inj, IEEE=False,
                      BLOCK_M=block_m, BLOCK_N=block_n)
     source = triton.compiler.ASTSource(
         fn=fused._block_kernel, constexprs=constants, attrs=attrs,
         signature={**signature, **dict.fromkeys(constants, "constexpr")})
     kernel = triton.compile(source, target=GPUTarget("cuda", 90, 32), options={
-        "num_warps": warps, **({"maxnreg": registers} if registers else {})})
-    assert kernel.asm["cubin"]
-    print(has_inj, "ok")
+        "num_warps": warps, "num_stages": stages, **({"maxnreg": registers} if registers else {})})
+    # an H100 launches no program that asks for more than 227 KB of shared memory
+    assert kernel.asm["cubin"] and kernel.metadata.shared <= 227 * 1024, kernel.metadata.shared
+    print(block_m, block_n, warps, stages, registers, has_inj, "ok")
 """
 
 
 @pytest.mark.parametrize("positions", [122, 144])
 def test_the_kernel_compiles_for_an_h100(positions, tmp_path):
-    """Triton's compiler (and its ptxas) builds the kernel's tiling for sm_90 in bf16, with
-    and without the injection: what the GPU job's first call compiles, checked without a GPU."""
+    """Triton's compiler (and its ptxas) builds the kernel for sm_90 in bf16 at the reference
+    tiling, with and without the injection, and at every tiling `bench fused` times: what the
+    GPU job compiles, checked without a GPU."""
+    from hrm_agent.bench.fused import TILINGS
+
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)
     proc = subprocess.run([sys.executable, "-c", COMPILE_FOR_H100, str(positions)], env=env,
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("ok") == 2
+    assert proc.stdout.count("ok") == 1 + len(set(TILINGS) | {fused.TILING})
 
 
 def test_bench_fused_compares_each_tiling_in_a_process_of_its_own():
@@ -170,22 +176,22 @@ def test_bench_fused_compares_each_tiling_in_a_process_of_its_own():
     cannot run is reported, not fatal."""
     from hrm_agent.bench.fused import run
 
-    result = run(tilings=[(32, 64, 4, 128), (48, 64, 4, 0)])
-    assert result["reference"] == "{}x{}, {} warps".format(*fused.TILING)
-    assert result["tilings"]["32x64, 4 warps, 128 registers"]["tiling"] == [32, 64, 4, 128]
-    rows = result["tilings"]["32x64, 4 warps, 128 registers"]["shapes"]
+    result = run(tilings=[(32, 64, 4, 1, 128), (48, 64, 4, 3, 0)])
+    assert result["reference"] == "{}x{}, {} warps, {} stages".format(*fused.TILING)
+    assert result["tilings"]["32x64, 4 warps, 1 stage, 128 registers"]["tiling"] == [32, 64, 4, 1, 128]
+    rows = result["tilings"]["32x64, 4 warps, 1 stage, 128 registers"]["shapes"]
     assert len(rows) == 4 and all(r["finite"] and r["max_diff"] < 0.05 for r in rows.values()), rows
     # bf16 weights cast once (as training passes them) or fp32 ones rounded in the kernel: the same
     assert all(r["max_diff_fp32_weights"] == 0 for r in rows.values()), rows
-    assert "error" in result["tilings"]["48x64, 4 warps"]  # not a power of two
+    assert "error" in result["tilings"]["48x64, 4 warps, 3 stages"]  # not a power of two
 
 
 def test_the_tiling_in_use_comes_from_its_variable_and_a_bad_one_is_named():
     """The GPU job hands the runs its `bench fused` choice through `TILING_VAR`."""
-    env = {**os.environ, fused.TILING_VAR: "64,64,4,128"}
+    env = {**os.environ, fused.TILING_VAR: "64,64,4,1,128"}
     code = "from hrm_agent.models import fused; print(fused.IN_USE)"
     proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert proc.stdout.strip() == "(64, 64, 4, 128)", proc.stderr[-2000:]
+    assert proc.stdout.strip() == "(64, 64, 4, 1, 128)", proc.stderr[-2000:]
     assert fused.IN_USE == fused.TILING  # here: no variable
-    with pytest.raises(ValueError, match="HRM_AGENT_FUSED_TILING='64,64': expected 'query rows,"):
-        fused.parse_tiling("64,64")
+    with pytest.raises(ValueError, match="HRM_AGENT_FUSED_TILING='64,64,4,128': expected 'query "):
+        fused.parse_tiling("64,64,4,128")  # a tiling of before the stages

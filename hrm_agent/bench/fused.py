@@ -1,12 +1,12 @@
 """The fused block kernel's tilings: `python -m hrm_agent bench fused --json`.
 
-Times one block pass per tiling (query rows x key rows, warps, and a cap on registers per
-thread: fewer registers, more programs per SM) at the paper's shapes: batch 256, a paper-size
-L block (hidden 64, 2 heads, SwiGLU 256) in bf16, with the injection (a module's first block)
-and without, at four-rooms' 122 positions and the maze's 144. A pass is replayed from a CUDA
-graph of `REPS` calls, as training replays it (no launch overhead between calls), and each
-tiling's blocks are compared with those of the reference tiling (`fused.TILING`, through 21K
-training steps). The GPU job trains at the fastest tiling whose blocks are the reference's
+Times one block pass per tiling (query rows x key rows, warps, pipeline stages, and a cap on
+registers per thread: fewer stages and registers, more programs per SM) at the paper's shapes:
+batch 256, a paper-size L block (hidden 64, 2 heads, SwiGLU 256) in bf16, with the injection (a
+module's first block) and without, at four-rooms' 122 positions and the maze's 144. A pass is
+replayed from a CUDA graph of `REPS` calls, as training replays it (no launch overhead between
+calls), and each tiling's blocks are compared with those of the reference tiling
+(`fused.TILING`). The GPU job trains at the fastest tiling whose blocks are the reference's
 (`fastest_tiling`). Each tiling runs in a process of its own, one after another, after all
 have compiled in parallel into Triton's cache: a tiling that faults (128x128 did on an H100)
 cannot take the others with it. On a CPU, Triton's interpreter runs the comparison at batch
@@ -22,9 +22,14 @@ import sys
 
 import torch
 
-# (query rows, key rows, warps, register cap or 0): 128x128/8 is left out, it faulted
-TILINGS = [(32, 64, 4, 0), (64, 64, 4, 0), (64, 64, 4, 168), (64, 64, 4, 128), (64, 128, 4, 0),
-           (128, 64, 8, 0), (128, 64, 8, 128)]
+# (query rows, key rows, warps, stages, register cap or 0). Compiled for sm_90 at four-rooms'
+# 122 positions: the reference, (64, 64, 4, 3, 0), takes 229 registers and 72 KB of shared memory
+# (two programs per SM, by registers); at 1 stage, 182 and 32 KB; capped at 168 registers three
+# programs fit, at 128 four (four-rooms in one wave), spilling 32-160 bytes. 128x64/8 at 128
+# registers: two fit, one program per sequence (K and V computed once), one wave. 128x128/8 is
+# left out: it faulted on an H100.
+TILINGS = [(64, 64, 4, 3, 0), (64, 64, 4, 1, 168), (64, 64, 4, 1, 128), (64, 64, 4, 2, 0),
+           (64, 64, 4, 2, 168), (64, 64, 4, 2, 128), (128, 64, 8, 1, 128), (128, 64, 8, 2, 128)]
 SEQ_LENS = (121, 143)  # four-rooms, maze (+1 position: the task token)
 REPS, ROUNDS = 16, 10
 TIMEOUT_S = 300
@@ -84,8 +89,9 @@ def measure(tiling: tuple[int, ...], batch: int, timed: bool) -> dict[str, dict]
 
 
 def tiling_name(tiling) -> str:
-    block_m, block_n, warps, registers = tiling
-    return f"{block_m}x{block_n}, {warps} warps" + (f", {registers} registers" if registers else "")
+    block_m, block_n, warps, stages, registers = tiling
+    return (f"{block_m}x{block_n}, {warps} warps, {stages} stage{'s' * (stages != 1)}"
+            + (f", {registers} registers" if registers else ""))
 
 
 def _command(tiling: tuple[int, ...], batch: int, what: str) -> list[str]:

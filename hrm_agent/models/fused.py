@@ -98,24 +98,24 @@ def _load_table(t_ptr, rows, j, S: tl.constexpr, HD: tl.constexpr):
     return tl.load(t_ptr + rows[:, None] * HD + j[None, :], mask=(rows < S)[:, None], other=0.0)
 
 
-# (query rows, key rows, warps, registers per thread or 0 for the compiler's choice): one
-# tiling, chosen by an H100's autotuner over 128x128/8, 128x64/8 and 64x64/4 for both bf16
-# shapes, and run through 21K training steps. 128x128 broke on the H100 at batch 256 (an
-# illegal memory access, or NaN), so nothing is timed inside the training loop any more; `bench
-# fused` times tilings offline. (64x64/4 takes ~226 registers: two programs per SM. Capped at
-# 168, three fit, at 128 four, with spills; 128x64/8 capped at 128 fits two, so four-rooms'
-# 256 programs run in one wave; unmeasured.)
-TILING = (64, 64, 4, 0)
-# The tiling the kernel runs at, when not TILING: "query rows,key rows,warps,registers". The GPU
-# job sets it to the fastest of its `bench fused` whose blocks are TILING's.
+# (query rows, key rows, warps, stages, registers per thread or 0 for the compiler's choice).
+# Stages: how deep Triton pipelines the key and SwiGLU loops (weights and keys copied to shared
+# memory ahead of their use; 1: not at all, but fewer registers and half the shared memory).
+# The reference: 64x64, 4 warps, as an H100's autotuner chose over 128x128/8 and 128x64/8 for
+# both bf16 shapes, at Triton's default 3 stages; ~230 registers and 64-72 KB of shared memory,
+# so two programs per SM. 128x128 broke on the H100 at batch 256 (an illegal memory access, or
+# NaN), so nothing is timed inside the training loop; `bench fused` times tilings offline.
+TILING = (64, 64, 4, 3, 0)
+# The tiling the kernel runs at, when not TILING: "query rows,key rows,warps,stages,registers".
+# The GPU job sets it to the fastest of its `bench fused` whose blocks are TILING's.
 TILING_VAR = "HRM_AGENT_FUSED_TILING"
 
 
-def parse_tiling(text: str) -> tuple[int, int, int, int]:
+def parse_tiling(text: str) -> tuple[int, int, int, int, int]:
     parts = text.split(",")
-    if len(parts) != 4 or not all(part.strip().isdigit() for part in parts):
-        raise ValueError(f"{TILING_VAR}={text!r}: expected 'query rows,key rows,warps,registers', "
-                         "e.g. '64,64,4,0'")
+    if len(parts) != 5 or not all(part.strip().isdigit() for part in parts):
+        raise ValueError(f"{TILING_VAR}={text!r}: expected 'query rows,key rows,warps,stages,"
+                         "registers', e.g. '64,64,4,3,0'")
     return tuple(int(part) for part in parts)
 
 
@@ -165,9 +165,10 @@ def _block_kernel(x_ptr, inj_ptr, out_ptr, wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, co
         attn += _mm(out / total[:, None], _load_t(wo_ptr, 0, d, h * HD + j, D), DT, IEEE)
     x = _rms(_round(x + _round(attn, DT), DT), D, DT)
 
-    # SwiGLU in 64-wide slices of its hidden width (a multiple of 256), never written to memory
+    # SwiGLU in 64-wide slices of its hidden width (a multiple of 256), never written to memory;
+    # a loop, not unrolled, so that Triton pipelines the slices' weights into shared memory
     mlp = tl.zeros((BLOCK_M, D), dtype=tl.float32)
-    for w0 in tl.static_range(0, W, 64):
+    for w0 in tl.range(0, W, 64):
         cols = w0 + tl.arange(0, 64)
         gate = _round(_mm(x, _load_t(wgu_ptr, 0, cols, d, D), DT, IEEE), DT)
         up = _round(_mm(x, _load_t(wgu_ptr, W, cols, d, D), DT, IEEE), DT)
@@ -179,16 +180,16 @@ def _block_kernel(x_ptr, inj_ptr, out_ptr, wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, co
 def launch(x: Tensor, inj: Tensor | None, wqkv: Tensor, wo: Tensor, wgu: Tensor, wd: Tensor,
            cos: Tensor, sin: Tensor, num_heads: int, tiling: tuple[int, ...] = TILING) -> Tensor:
     """`layers.Block` on x (B, S, D) (after adding `inj`, when given): the kernel's launch at
-    `tiling` (query rows, key rows, warps, register cap or 0)."""
+    `tiling` (query rows, key rows, warps, stages, register cap or 0)."""
     b, s, d = x.shape
-    block_m, block_n, warps, registers = tiling
+    block_m, block_n, warps, stages, registers = tiling
     x, wqkv, wo, wgu, wd = (t.contiguous() for t in (x, wqkv, wo, wgu, wd))
     out = torch.empty_like(x)
     _block_kernel[(b, triton.cdiv(s, block_m))](
         x, x if inj is None else inj.contiguous(), out, wqkv, wo, wgu, wd, cos.contiguous(),
         sin.contiguous(), 1.0 / math.sqrt(d // num_heads), S=s, D=d, HEADS=num_heads,
         W=wd.shape[1], HAS_INJ=inj is not None, IEEE=x.dtype == torch.float32 or INTERPRET,
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps,
+        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages,
         **({"maxnreg": registers} if registers else {}))
     return out
 

@@ -24,12 +24,13 @@ import torch
 
 # (query rows, key rows, warps, stages, register cap or 0). Compiled for sm_90 at four-rooms'
 # 122 positions: the reference, (64, 64, 4, 3, 0), takes 229 registers and 72 KB of shared memory
-# (two programs per SM, by registers); at 1 stage, 182 and 32 KB; capped at 168 registers three
-# programs fit, at 128 four (four-rooms in one wave), spilling 32-160 bytes. 128x64/8 at 128
-# registers: two fit, one program per sequence (K and V computed once), one wave. 128x128/8 is
+# (two programs per SM, by registers); at 1 or 2 stages 32 or 48 KB, so that capped at 168
+# registers three programs fit, at 128 four (four-rooms in one wave), spilling 32-160 bytes.
+# 128 query rows: one program per sequence (K and V computed once), two per SM, four-rooms in
+# one wave; with 4 warps at 255 registers, with 8 at 128 (spilling 144-256 bytes). 128x128/8 is
 # left out: it faulted on an H100.
-TILINGS = [(64, 64, 4, 3, 0), (64, 64, 4, 1, 168), (64, 64, 4, 1, 128), (64, 64, 4, 2, 0),
-           (64, 64, 4, 2, 168), (64, 64, 4, 2, 128), (128, 64, 8, 1, 128), (128, 64, 8, 2, 128)]
+TILINGS = [(64, 64, 4, 3, 0), (64, 64, 4, 1, 168), (64, 64, 4, 1, 128), (64, 64, 4, 2, 168),
+           (64, 64, 4, 2, 128), (128, 64, 4, 1, 0), (128, 64, 8, 1, 128), (128, 64, 8, 2, 128)]
 SEQ_LENS = (121, 143)  # four-rooms, maze (+1 position: the task token)
 REPS, ROUNDS = 16, 10
 TIMEOUT_S = 300

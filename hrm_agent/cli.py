@@ -165,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train only: profiles to time (default: the cpu and paper profiles)")
     p.add_argument("--modes", metavar="MODE,...",
                    help="train only: eager, fast (torch.compile + CUDA graphs on CUDA), fused (fast with "
-                        "our Triton kernels: the blocks and AdamATan2; CUDA only); default: those "
-                        "the device runs")
+                        "our Triton kernels: the blocks and AdamATan2; CUDA only), fused-blocks "
+                        "(the blocks only); default: eager, fast and, on CUDA, fused")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_bench)
 

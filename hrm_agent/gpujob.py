@@ -9,8 +9,9 @@ with the machine's own python3 (torch, numpy and tqdm are all it needs), does in
    fast path is kept only if it runs, trains a small fp32 run exactly as the eager path does,
    and is faster, and the fused one only if it passes the same check and is faster still.
    Before the fused bench, `bench fused` times the block kernel's tilings, and the fused path
-   goes at the fastest that computes the reference tiling's blocks (at the reference tiling
-   if the fused bench fails at that one)
+   goes at the fastest that computes the reference tiling's blocks (should the fused path
+   fail there, the job falls back to "fused-blocks", the block kernels alone at the reference
+   tiling, as an H100 trained on them)
    (`--bench-maze`: paper-maze too, for the record, ~2 more minutes).
    A window skips both, and gives their minutes to training, when the last window on the
    same GPU, torch, triton and training code (`windows.jsonl` in `--from`) trained on a
@@ -77,6 +78,9 @@ TOY = ["model.hidden_size=32", "model.H_layers=1", "model.L_layers=1", "model.se
 # bench run past the window's budget (`--bench-maze` adds a second): the machine's limit on a
 # command would kill the whole job, before its job.json is written.
 BENCH_TIMEOUT_S = 360
+# The modes of `PATHS` with our kernels, in the order the job tries them (all of them, then the
+# fused blocks alone, as an H100 trained on them), and what they run.
+FUSED = {"fused": "the fused blocks and AdamATan2", "fused-blocks": "the fused blocks"}
 TILINGS_TIMEOUT_S = 240  # `bench fused`: its tilings compile in parallel, then ~10 s each
 MIN_RUN_S = 30  # a run starts (or, its path failed, restarts a step down) only with this much time left
 # The runs get SIGTERM STOP_S before the budget's end (a paper run checkpointed and exited within
@@ -191,7 +195,7 @@ class Run:
     deadline: float = math.inf
     state: str = "queued"  # queued, running, stopping, done, failed
     fast: bool = False  # launched on the fast path
-    fused: bool = False  # ... with the fused blocks
+    fused: str = ""  # ... with our kernels: a mode of `FUSED`
     seen: dict[str, int] = field(default_factory=dict)  # file -> mtime_ns mirrored
     records: list[dict] = field(default_factory=list)
     started: float = 0.0
@@ -216,7 +220,7 @@ class Job:
         self.started = time.monotonic()
         self.end = self.started + 60 * minutes
         self.parallel, self.fast, self.device, self.bench_maze = parallel, fast, device, bench_maze
-        self.fused = False  # the fast path with the fused blocks, by the bench's verdict
+        self.fused = ""  # the fast path with our kernels (a mode of `FUSED`), by the bench's verdict
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
         if device == "cpu":
             self.env["CUDA_VISIBLE_DEVICES"] = ""  # a dry run never touches a GPU
@@ -370,7 +374,7 @@ class Job:
         earlier = self.earlier_verdict() if self.fast == "auto" and not self.bench_maze else None
         if earlier:  # that window ran this very code here: no smoke test can tell more
             self.info["fast_verified_by"] = earlier["date"]
-            self.fused = bool(earlier.get("fused"))
+            self.fused = fused_mode(earlier)
             if self.fused and earlier.get("tiling"):
                 self.set_tiling(earlier["tiling"])
             self.log(f"training fast without a smoke test or a bench: the window of "
@@ -385,7 +389,7 @@ class Job:
         self.log(f"smoke eager: {eager['optimizer_steps_per_s']:.1f} optimizer steps/s "
                  f"({eager['wall_s']} s)")
         if self.fast in ("on", "off", "fused"):  # trusted unmeasured: a failing run is retried
-            self.fused = self.fast == "fused"    # a step down (fused, fast, eager)
+            self.fused = "fused" if self.fast == "fused" else ""  # a step down: fused, fast, eager
             return self.fast != "off"
         bench = self.measure("paper-fourrooms", "bench", ["eager", "fast"])
         if bench["ok"] and self.bench_maze:
@@ -400,40 +404,41 @@ class Job:
             return False
         row = result["paper-fourrooms"]
         eager, fast = (row[mode]["optimizer_steps_per_s"] for mode in ("eager", "fast"))
-        # the fused blocks in a bench of their own: new kernels that fail, even one that breaks
-        # its process's CUDA context, cost the fast path nothing
+        # our kernels in a bench of their own: new kernels that fail, even one that breaks its
+        # process's CUDA context, cost the fast path nothing; should all of them fail (at the
+        # tiling `bench fused` chose), the fused blocks alone, at the reference tiling, as an
+        # H100 trained on them
         self.choose_tiling()
-        while True:
-            fused = self.measure("paper-fourrooms", "bench_fused", ["fused"])
-            checked = fused["ok"] and fused["result"]["fused_check"]["ok"]
-            if checked or not self.info.get("tiling"):
+        for mode in FUSED:
+            fused = self.measure("paper-fourrooms", "bench_fused", [mode])
+            checked = fused["ok"] and fused["result"][f"{mode}_check"]["ok"]
+            if checked:
                 break
-            self.log("the fused path failed at the tiling bench fused chose (its fault, perhaps); "
-                     "once more at the reference tiling")
+            self.log(f"the {mode} path failed its check or did not run")
             self.set_tiling(None)
-        fused_rate = (fused["result"]["paper-fourrooms"]["fused"]["optimizer_steps_per_s"]
+        fused_rate = (fused["result"]["paper-fourrooms"][mode]["optimizer_steps_per_s"]
                       if checked else 0.0)
-        self.fused = fused_rate > fast
+        self.fused = mode if fused_rate > fast else ""
         faster = max(fast, fused_rate) > eager
-        self.log(f"paper-fourrooms optimizer steps/s: eager {eager:.1f}, fast {fast:.1f}, fused "
+        self.log(f"paper-fourrooms optimizer steps/s: eager {eager:.1f}, fast {fast:.1f}, {mode} "
                  + (f"{fused_rate:.1f}" if checked else "failed its check or did not run")
-                 + "; training " + (("fast with the fused blocks" if self.fused else "fast")
+                 + "; training " + ((f"fast with {FUSED[self.fused]}" if self.fused else "fast")
                                     if faster else "eager (fast is not faster)"))
         return faster
 
     # -- the queue ------------------------------------------------------------------------
-    def launch(self, run: Run, fast: bool, deadline: float, fused: bool = False) -> None:
+    def launch(self, run: Run, fast: bool, deadline: float, fused: str = "") -> None:
         """Start `run`'s train process: resumed when its folder holds a checkpoint (carried in,
         or written before a failed fast try), else fresh."""
         resume = (run.dir / CHECKPOINT).is_file()
         overrides = ([] if resume else run_overrides(run.name, self.toy))
-        overrides += PATHS[("fused" if fused else "fast") if fast else "eager"]
+        overrides += PATHS[(fused or "fast") if fast else "eager"]
         cmd = train_command(run.dir, run.name, resume, overrides)
         log = (run.dir / "train.log").open("a")
         run.process = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
         run.state, run.deadline, run.started = "running", deadline, time.monotonic()
-        run.fast, run.fused = fast, fast and fused
-        path = (" (fast path, fused blocks)" if run.fused else " (fast path)") if fast else ""
+        run.fast, run.fused = fast, fused if fast else ""
+        path = f" (fast path{', ' + run.fused if run.fused else ''})" if fast else ""
         self.log(f"{run.name}: {'resumed' if resume else 'started'}{path} "
                  f"(pid {run.process.pid}), "
                  f"until {time.strftime('%H:%M:%S', time.localtime(time.time() + deadline - time.monotonic()))}")
@@ -462,7 +467,7 @@ class Job:
         if run.fast and run.deadline - now > MIN_RUN_S:  # a step down: fused, fast, eager
             self.log(f"{run.name}: retrying on the " + ("fast path without the fused blocks"
                                                        if run.fused else "eager path"))
-            self.launch(run, run.fused, run.deadline)
+            self.launch(run, bool(run.fused), run.deadline)
 
     def mirror(self) -> None:
         """Copy what changed into `out`; a failed write (full disk) is logged, the previous
@@ -536,7 +541,7 @@ class Job:
         self.log("report: " + json.dumps(self.info["report"]))
         self.mirror()
         fast = self.choose_fast()
-        self.info["fast"], self.info["fused"] = fast, fast and self.fused
+        self.info["fast"], self.info["fused"] = fast, self.fused if fast else ""
         self.train(fast)
         self.info["wall_s"] = round(time.monotonic() - self.started, 1)
         self.mirror()
@@ -676,12 +681,19 @@ def _measured_fast(window: dict[str, Any]) -> bool:
     return bool(window.get("fast") and (window.get("bench") or window.get("fast_verified_by")))
 
 
+def fused_mode(window: dict[str, Any]) -> str:
+    """The mode of `FUSED` a window trained on, or "" (windows before "fused-blocks" recorded
+    True: the fused blocks were all the "fused" mode had then)."""
+    fused = window.get("fused")
+    return fused if isinstance(fused, str) else "fused-blocks" if fused else ""
+
+
 def _trained_on(window: dict[str, Any]) -> str:
     """How a window's runs trained: eager, or fast (with the fused blocks?) and by whose
     verdict, and which runs failed on that path (and were retried a step down)."""
     if not window.get("fast"):
         return "eager"
-    path = "fast with the fused blocks" if window.get("fused") else "fast"
+    path = f"fast with {FUSED[fused_mode(window)]}" if window.get("fused") else "fast"
     by = window.get("fast_verified_by")
     how = (f"{path}, unmeasured" if not _measured_fast(window)
            else f"{path}, as measured on {by}" if by else path)
@@ -711,13 +723,13 @@ def bench_markdown(windows: list[dict[str, Any]]) -> list[str]:
                 continue
             stopped = "" if bench["ok"] else f" (stopped: {bench['reason']})"
             checks = [_check(result.get("fast_path_check")),
-                      _check(result.get("fused_check") or fused_bench.get("fused_check"))]
+                      _check(_fused_entry(result, fused_bench, suffix="_check")[1])]
             for profile in (key for key in result if key.startswith("paper-")):
                 eager, fast = (result[profile].get(mode, {}) for mode in ("eager", "fast"))
-                fused = result[profile].get("fused") or fused_bench.get(profile, {}).get("fused", {})
+                fused_as, fused = _fused_entry(result[profile], fused_bench.get(profile, {}))
                 cells = [w["date"], result["device"], profile + stopped]
-                rows.append(_bench_row(cells, eager, fast, fused, checks))
-                for mode, timing in (("fast", fast), ("fused", fused)):
+                rows.append(_bench_row(cells, eager, fast, fused, checks, fused_as))
+                for mode, timing in (("fast", fast), (fused_as, fused)):
                     if timing.get("kernels", {}).get("top"):
                         busiest = (w["date"], profile, mode, timing["kernels"])
     if not rows:
@@ -728,7 +740,7 @@ def bench_markdown(windows: list[dict[str, Any]]) -> list[str]:
              "|---|---|---|---|---|---|---|---|---|---|", *rows]
     if busiest:
         date, profile, mode, kernels = busiest
-        path = "fast path with the fused blocks" if mode == "fused" else "fast path"
+        path = f"fast path with {FUSED[mode]}" if mode in FUSED else "fast path"
         count = (f", {kernels['kernels_per_step']:,} kernels"
                  if "kernels_per_step" in kernels else "")
         lines += ["", f"Busiest kernels of the {path}, {profile}, {date} "
@@ -777,13 +789,22 @@ def _measured(bench: dict[str, Any] | None) -> dict[str, Any] | None:
     return bench and (bench.get("result") or bench.get("partial"))
 
 
+def _fused_entry(*entries: dict[str, Any], suffix: str = "") -> tuple[str, dict[str, Any]]:
+    """The first mode of `FUSED` that one of `entries` holds (as `mode + suffix`), and what it
+    holds there: ("fused", {}) if none does."""
+    return next(((mode, entry[mode + suffix]) for mode in FUSED for entry in entries
+                 if entry.get(mode + suffix)), ("fused", {}))
+
+
 def _check(check: dict[str, Any] | None) -> str:
     return {True: "ok", False: "FAILED"}.get((check or {}).get("ok"), "-")
 
 
-def _bench_row(cells: list[str], eager: dict, fast: dict, fused: dict, checks: list[str]) -> str:
+def _bench_row(cells: list[str], eager: dict, fast: dict, fused: dict, checks: list[str],
+               fused_as: str = "fused") -> str:
     e, f, u = (mode.get("optimizer_steps_per_s") for mode in (eager, fast, fused))
-    cells += [f"{e:.1f}" if e else "-", f"{f:.1f}" if f else "-", f"{u:.1f}" if u else "-",
+    marked = "" if fused_as == "fused" else f" ({fused_as})"
+    cells += [f"{e:.1f}" if e else "-", f"{f:.1f}" if f else "-", f"{u:.1f}{marked}" if u else "-",
               f"{f / e:.1f}x" if e and f else "-",
               f"{fast['effective_GBps']} ({fast['fraction_of_copy_roofline']:.2f})" if f else "-",
               str(fast.get("kernels", {}).get("busy", "-")), ", ".join(checks)]

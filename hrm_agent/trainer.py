@@ -72,14 +72,15 @@ def resolve_device(name: str) -> torch.device:
 
 
 # The training paths as --set overrides (`bench train`'s modes, `gpu-job --fast`): "fast" is
-# torch.compile plus, on CUDA, CUDA graphs; "fused" is "fast" with Triton kernels of our own:
+# torch.compile plus, on CUDA, CUDA graphs; "fused" is "fast" with every Triton kernel of our own:
 # the HRM's gradient-free updates as one kernel per block (`models/fused.py`) and AdamATan2's
-# update as one per parameter (`fused_optim.py`); CUDA only.
+# update as one per parameter (`fused_optim.py`); "fused-blocks" with the block kernels only, as
+# an H100 trained on them (the GPU job's fallback, should "fused" fail its check). CUDA only.
 PATHS = {mode: [f"train.compile='{compiled}'", f"train.cuda_graphs='{graphs}'",
-                f"train.fused_blocks='{fused}'", f"train.fused_optimizer='{fused}'"]
-         for mode, compiled, graphs, fused in (("eager", "off", "off", "off"),
-                                               ("fast", "on", "auto", "off"),
-                                               ("fused", "on", "auto", "on"))}
+                f"train.fused_blocks='{blocks}'", f"train.fused_optimizer='{optimizer}'"]
+         for mode, compiled, graphs, blocks, optimizer in (
+             ("eager", "off", "off", "off", "off"), ("fast", "on", "auto", "off", "off"),
+             ("fused-blocks", "on", "auto", "on", "off"), ("fused", "on", "auto", "on", "on"))}
 
 
 def triton_c_compiler() -> str | None:

@@ -76,7 +76,7 @@ def test_a_run_whose_fast_path_fails_goes_on_a_step_down(tmp_path, monkeypatch):
     info = gpu_job(tmp_path / "out", device="cpu", toy=True, minutes=1.25, runs=RUNS[:1],
                    fast="fused", work=tmp_path / "work")
     summary = info["runs"][RUNS[0]]
-    assert info["fast"] is info["fused"] is True and "bench" not in info  # used unmeasured
+    assert info["fast"] is True and info["fused"] == "fused" and "bench" not in info  # unmeasured
     assert summary["state"] == "done" and summary["step"] > 0, summary
     log = (tmp_path / "out" / "job.log").read_text()
     assert log.count("failed (exit 2)") == 2 and "needs a CUDA device" in log
@@ -199,31 +199,38 @@ def test_auto_trains_fast_only_if_the_benchmark_finds_it_equal_and_faster(tmp_pa
     assert not job.fused
 
 
-def _fused_bench(ok: bool, rate: float) -> dict:
-    return {"ok": True, "result": {"fused_check": {"ok": ok}, "paper-fourrooms": {
-        "fused": {"optimizer_steps_per_s": rate}}}}
+def _fused_bench(ok: bool, rate: float, mode: str = "fused") -> dict:
+    return {"ok": True, "result": {f"{mode}_check": {"ok": ok}, "paper-fourrooms": {
+        mode: {"optimizer_steps_per_s": rate}}}}
 
 
-@pytest.mark.parametrize("fused_bench, fast, fused", [
-    (_fused_bench(True, 400.0), True, True),
-    (_fused_bench(True, 200.0), True, False),
-    (_fused_bench(False, 400.0), True, False),
-    ({"ok": False, "reason": "RuntimeError: Triton Error [CUDA]: an illegal memory access"}, True, False),
-    (_fused_bench(True, 60.0), True, False),
-], ids=["equal and faster", "slower than fast", "not equal to eager", "failed", "slower, eager slowest"])
-def test_the_fused_blocks_train_only_if_their_own_bench_finds_them_equal_and_faster_than_fast(
-        tmp_path, monkeypatch, fused_bench, fast, fused):
+FAILED = {"ok": False, "reason": "RuntimeError: Triton Error [CUDA]: an illegal memory access"}
+BLOCKS = _fused_bench(True, 350.0, "fused-blocks")
+
+
+@pytest.mark.parametrize("fused_bench, blocks_bench, fast, fused", [
+    (_fused_bench(True, 400.0), None, True, "fused"),
+    (_fused_bench(True, 200.0), None, True, ""),
+    (_fused_bench(False, 400.0), BLOCKS, True, "fused-blocks"),
+    (FAILED, BLOCKS, True, "fused-blocks"),
+    (FAILED, FAILED, True, ""),
+    (_fused_bench(True, 60.0), None, True, ""),
+], ids=["equal and faster", "slower than fast", "not equal to eager, the blocks alone are",
+        "failed, the blocks alone did not", "both failed", "slower, eager slowest"])
+def test_the_fused_kernels_train_only_if_their_own_bench_finds_them_equal_and_faster_than_fast(
+        tmp_path, monkeypatch, fused_bench, blocks_bench, fast, fused):
     """The fused mode is benched in a process of its own, after eager and fast: a kernel that
-    fails, even one that breaks its CUDA context, leaves the fast path's verdict standing."""
+    fails, even one that breaks its CUDA context, leaves the fast path's verdict standing; and
+    then the fused blocks alone are benched, as an H100 trained on them."""
     job = _auto_job(tmp_path, monkeypatch)
     bench = {"ok": True, "result": {"fast_path_check": {"ok": True}, "paper-fourrooms": {
         "eager": {"optimizer_steps_per_s": 40.0}, "fast": {"optimizer_steps_per_s": 300.0}}}}
-    asked = []
+    benches, asked = {"fused": fused_bench, "fused-blocks": blocks_bench}, []
     monkeypatch.setattr(job, "benchmark", lambda profile, modes: asked.append(modes) or (
-        fused_bench if modes == ["fused"] else bench))
-    assert job.choose_fast() is fast and job.fused is fused
-    assert asked == [["eager", "fast"], ["fused"]]
-    assert job.info["bench_fused"] is fused_bench
+        benches.get(modes[0]) or bench))
+    assert job.choose_fast() is fast and job.fused == fused
+    assert asked == [["eager", "fast"], ["fused"]] + ([["fused-blocks"]] if blocks_bench else [])
+    assert job.info["bench_fused"] is (blocks_bench or fused_bench)
 
 
 def _tilings(**us_per_pass) -> dict:
@@ -251,15 +258,16 @@ def test_the_fused_path_goes_at_the_fastest_tiling_of_its_bench(tmp_path, monkey
     seen = []
     monkeypatch.setattr(job, "benchmark", lambda profile, modes: seen.append(
         (modes, job.env.get(TILING_VAR))) or (_fused_bench(True, 400.0) if modes == ["fused"] else bench))
-    assert job.choose_fast() is True and job.fused is True
+    assert job.choose_fast() is True and job.fused == "fused"
     assert seen == [(["eager", "fast"], None), (["fused"], "64,64,4,1,128")]
     assert job.info["tiling"] == (64, 64, 4, 1, 128)
     assert "the fused blocks go at 64x64, 4 warps, 1 stage, 128 registers" in (
         tmp_path / "out" / "job.log").read_text()
 
 
-def test_a_fused_bench_that_fails_at_the_chosen_tiling_is_run_again_at_the_reference(
+def test_a_fused_bench_that_fails_at_the_chosen_tiling_falls_back_to_the_blocks_at_the_reference(
         tmp_path, monkeypatch):
+    """The fallback is what an H100 trained on: the fused blocks alone, at the reference tiling."""
     from hrm_agent.models.fused import TILING_VAR
 
     job = _auto_job(tmp_path, monkeypatch, tilings=_tilings(t64_64_4_3_0=40.0, t128_64_8_1_128=25.0))
@@ -269,14 +277,15 @@ def test_a_fused_bench_that_fails_at_the_chosen_tiling_is_run_again_at_the_refer
 
     def benchmark(profile, modes):
         seen.append((modes, job.env.get(TILING_VAR)))
-        if modes != ["fused"]:
+        if modes == ["eager", "fast"]:
             return bench
         return {"ok": False, "reason": "illegal memory access"} if TILING_VAR in job.env else (
-            _fused_bench(True, 400.0))
+            _fused_bench(True, 400.0, modes[0]))
 
     monkeypatch.setattr(job, "benchmark", benchmark)
-    assert job.choose_fast() is True and job.fused is True
-    assert seen == [(["eager", "fast"], None), (["fused"], "128,64,8,1,128"), (["fused"], None)]
+    assert job.choose_fast() is True and job.fused == "fused-blocks"
+    assert seen == [(["eager", "fast"], None), (["fused"], "128,64,8,1,128"),
+                    (["fused-blocks"], None)]
     assert job.info["tiling"] is None
 
 
@@ -365,12 +374,12 @@ def test_a_reused_verdict_keeps_its_choice_of_the_fused_blocks_and_their_tiling(
 
     carried = tmp_path / "gpu-runs"
     carried.mkdir()
-    window = dict(_window("12-01", fused=True), tiling=[64, 64, 4, 1, 128])
+    window = dict(_window("12-01", fused="fused"), tiling=[64, 64, 4, 1, 128])
     (carried / "windows.jsonl").write_text(json.dumps(window) + "\n")
     job = _auto_job(tmp_path, monkeypatch, carried=carried)
     job.info["report"] = dict(H100, python="3.12.3")
     monkeypatch.setattr(job, "benchmark", lambda profile, modes: pytest.fail("benched"))
-    assert job.choose_fast() is True and job.fused is True
+    assert job.choose_fast() is True and job.fused == "fused"
     assert job.env[TILING_VAR] == "64,64,4,1,128"
 
 
@@ -379,9 +388,11 @@ def test_a_reused_verdict_keeps_its_choice_of_the_fused_blocks_and_their_tiling(
     (_window("12-01"), "fast"),
     (_window("12-02", bench=False, reused="12-01"), "fast, as measured on 12-01"),
     (_window("12-01", bench=False), "fast, unmeasured"),
-    (_window("12-02", bench=False, reused="12-01", fused=True),
+    (_window("12-02", bench=False, reused="12-01", fused=True),  # as windows recorded it once
      "fast with the fused blocks, as measured on 12-01"),
-    (_window("12-01", bench=False, fused=True, error="illegal memory access"),
+    (_window("12-02", bench=False, reused="12-01", fused="fused"),
+     "fast with the fused blocks and AdamATan2, as measured on 12-01"),
+    (_window("12-01", bench=False, fused="fused-blocks", error="illegal memory access"),
      "fast with the fused blocks, unmeasured; fourrooms-carry-z failed on it and was retried "
      "on a slower path"),
 ])
@@ -512,8 +523,15 @@ def test_the_runs_readme_reports_each_windows_bench_and_the_busiest_kernels():
     fused["kernels"] = {"ms_per_step": 2.0, "busy": 0.9, "top": [
         {"name": "_block_kernel", "calls_per_step": 64.0, "ms_per_step": 1.0, "share": 0.5}]}
     text = "\n".join(bench_markdown(windows))
-    assert "Busiest kernels of the fast path with the fused blocks, paper-fourrooms, 2026-12-01" in text
+    assert ("Busiest kernels of the fast path with the fused blocks and AdamATan2, paper-fourrooms, "
+            "2026-12-01") in text
     assert "| `_block_kernel` | 64.0 | 1.0 | 50.0% |" in text and "triton_fused_rms_norm" not in text
+    # the fallback, the fused blocks alone, is marked as such
+    windows[0]["bench_fused"]["result"] = {"device": "NVIDIA H100", "fused-blocks_check": {"ok": True},
+                                           "paper-fourrooms": {"fused-blocks": fused}}
+    text = "\n".join(bench_markdown(windows))
+    assert "| 260.0 | 390.0 (fused-blocks) | 6.5x |" in text and "| ok, ok |" in text
+    assert "Busiest kernels of the fast path with the fused blocks, paper-fourrooms" in text
 
 
 def test_the_runs_readme_shows_the_last_windows_tilings_and_the_one_trained_at():
@@ -544,7 +562,7 @@ def test_bench_maze_measures_the_maze_too_and_the_decision_stays_four_rooms(tmp_
         results[profile] if "eager" in modes else {"ok": False, "reason": "no output"}))
     assert job.choose_fast() is True  # the maze's slower fast path does not decide
     assert asked == [("paper-fourrooms", ["eager", "fast"]), ("paper-maze", ["eager", "fast", "fused"]),
-                     ("paper-fourrooms", ["fused"])]
+                     ("paper-fourrooms", ["fused"]), ("paper-fourrooms", ["fused-blocks"])]
     assert job.info["bench"] is results["paper-fourrooms"] and job.info["bench_maze"] is results["paper-maze"]
 
 

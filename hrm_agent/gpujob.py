@@ -465,7 +465,7 @@ class Job:
         self.log(f"{run.name}: failed (exit {code}): {run.error}")
         self.log.tail(f"{run.name}: train.log", output)
         if run.fast and run.deadline - now > MIN_RUN_S:  # a step down: fused, fast, eager
-            self.log(f"{run.name}: retrying on the " + ("fast path without the fused blocks"
+            self.log(f"{run.name}: retrying on the " + ("fast path without our kernels"
                                                        if run.fused else "eager path"))
             self.launch(run, bool(run.fused), run.deadline)
 

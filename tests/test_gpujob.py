@@ -80,8 +80,8 @@ def test_a_run_whose_fast_path_fails_goes_on_a_step_down(tmp_path, monkeypatch):
     assert summary["state"] == "done" and summary["step"] > 0, summary
     log = (tmp_path / "out" / "job.log").read_text()
     assert log.count("failed (exit 2)") == 2 and "needs a CUDA device" in log
-    assert log.index("(fast path, fused blocks)") < log.index("retrying on the fast path without "
-                                                              "the fused blocks")
+    assert log.index("(fast path, fused)") < log.index("retrying on the fast path without our "
+                                                       "kernels")
     assert log.index("retrying on the fast path without") < log.index("retrying on the eager path")
     assert f"{RUNS[0]}: train.log; the end of its output:" in log  # what the run printed, for a traceback
 

@@ -165,8 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="train only: profiles to time (default: the cpu and paper profiles)")
     p.add_argument("--modes", metavar="MODE,...",
                    help="train only: eager, fast (torch.compile + CUDA graphs on CUDA), fused (fast with "
-                        "our Triton kernels: the blocks and AdamATan2; CUDA only), fused-blocks "
-                        "(the blocks only); default: eager, fast and, on CUDA, fused")
+                        "our Triton kernels: the blocks, AdamATan2 and the SwiGLU; CUDA only), "
+                        "fused-blocks (the blocks only); default: eager, fast and, on CUDA, fused")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(func=_bench)
 
@@ -182,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a profile field, e.g. --set train.lr=3e-4 (repeatable); with "
                    "--resume only train.total_steps, train.max_minutes, train.num_threads, "
                    "train.compile, train.cuda_graphs, train.fused_blocks, "
-                   "train.fused_optimizer, model.attn_backend")
+                   "train.fused_optimizer, train.fused_swiglu, model.attn_backend")
     p.add_argument("--out", type=out_dir, required=True,
                    help="run directory (checkpoint, metrics.jsonl)")
     p.add_argument("--resume", action="store_true",

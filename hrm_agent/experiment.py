@@ -101,6 +101,9 @@ class TrainConfig:
     fused_blocks: Literal["auto", "on", "off"] = "auto"
     # AdamATan2's update as one Triton kernel per parameter; "auto": on CUDA, where triton is
     fused_optimizer: Literal["auto", "on", "off"] = "auto"
+    # the SwiGLUs' hidden layer as one Triton kernel forward and one backward, which never store
+    # the gate/up output; "auto": on CUDA, where triton runs the model's SwiGLUs
+    fused_swiglu: Literal["auto", "on", "off"] = "auto"
 
     def __post_init__(self):
         positive = ["total_steps", "n_step", "batch_size", "buffer_capacity", "env_steps_per_batch",

@@ -5,9 +5,10 @@ with the machine's own python3 (torch, numpy and tqdm are all it needs), does in
 1. report: GPU, torch, triton, and whether triton has a C compiler;
 2. smoke: a few optimizer steps of the paper profile in a subprocess (eager), then
    `bench train --quick` on paper-fourrooms, eager, fast (torch.compile + CUDA graphs) and
-   fused (fast, with our Triton kernels: the HRM's gradient-free blocks and AdamATan2); the
-   fast path is kept only if it runs, trains a small fp32 run exactly as the eager path does,
-   and is faster, and the fused one only if it passes the same check and is faster still.
+   fused (fast, with our Triton kernels: the HRM's gradient-free blocks, AdamATan2 and the
+   SwiGLU's hidden layer); the fast path is kept only if it runs, trains a small fp32 run
+   exactly as the eager path does, and is faster, and the fused one only if it passes the
+   same check and is faster still.
    Before the fused bench, `bench fused` times the block kernel's tilings, and the fused path
    goes at the fastest that computes the reference tiling's blocks (should the fused path
    fail there, the job falls back to "fused-blocks", the block kernels alone at the reference
@@ -80,7 +81,7 @@ TOY = ["model.hidden_size=32", "model.H_layers=1", "model.L_layers=1", "model.se
 BENCH_TIMEOUT_S = 360
 # The modes of `PATHS` with our kernels, in the order the job tries them (all of them, then the
 # fused blocks alone, as an H100 trained on them), and what they run.
-FUSED = {"fused": "the fused blocks and AdamATan2", "fused-blocks": "the fused blocks"}
+FUSED = {"fused": "the fused blocks, AdamATan2 and SwiGLU", "fused-blocks": "the fused blocks"}
 TILINGS_TIMEOUT_S = 240  # `bench fused`: its tilings compile in parallel, then ~10 s each
 MIN_RUN_S = 30  # a run starts (or, its path failed, restarts a step down) only with this much time left
 # The runs get SIGTERM STOP_S before the budget's end (a paper run checkpointed and exited within
@@ -125,6 +126,7 @@ def report() -> dict[str, Any]:
 
 # Training code the job's process never imports (a run imports it when it asks for it).
 LAZY = {"hrm_agent.models.fused": Path(__file__).parent / "models" / "fused.py",
+        "hrm_agent.models.fused_swiglu": Path(__file__).parent / "models" / "fused_swiglu.py",
         "hrm_agent.fused_optim": Path(__file__).parent / "fused_optim.py"}
 
 

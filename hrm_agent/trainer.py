@@ -47,6 +47,7 @@ from hrm_agent.evaluate import evaluate
 from hrm_agent.experiment import ExperimentConfig, TrainConfig, experiment_from_dict, load_profile
 from hrm_agent.graphs import CUDAGraphed
 from hrm_agent.models import QNetwork, Seed, build_model
+from hrm_agent.models.layers import SwiGLU
 from hrm_agent.optim import make_optimizers, set_lr
 from hrm_agent.replay import ReplayBuffer
 from hrm_agent.schedules import linear_schedule, warmup_constant
@@ -59,7 +60,7 @@ DEFAULT_PROFILE = "cpu-fourrooms"
 # torch.compile, CUDA graphs, fused kernels, attention kernel), none of which is in the
 # checkpoint's tensors.
 EXTENDABLE = ("train.total_steps", "train.max_minutes", "train.num_threads", "train.compile",
-              "train.cuda_graphs", "train.fused_blocks", "train.fused_optimizer",
+              "train.cuda_graphs", "train.fused_blocks", "train.fused_optimizer", "train.fused_swiglu",
               "model.attn_backend")
 
 
@@ -73,12 +74,14 @@ def resolve_device(name: str) -> torch.device:
 
 # The training paths as --set overrides (`bench train`'s modes, `gpu-job --fast`): "fast" is
 # torch.compile plus, on CUDA, CUDA graphs; "fused" is "fast" with every Triton kernel of our own:
-# the HRM's gradient-free updates as one kernel per block (`models/fused.py`) and AdamATan2's
-# update as one per parameter (`fused_optim.py`); "fused-blocks" with the block kernels only, as
-# an H100 trained on them (the GPU job's fallback, should "fused" fail its check). CUDA only.
+# the HRM's gradient-free updates as one kernel per block (`models/fused.py`), AdamATan2's update
+# as one per parameter (`fused_optim.py`) and the SwiGLUs' hidden layer (`fused_swiglu.py`);
+# "fused-blocks" with the block kernels only, as an H100 trained on them (the GPU job's
+# fallback, should "fused" fail its check). CUDA only.
 PATHS = {mode: [f"train.compile='{compiled}'", f"train.cuda_graphs='{graphs}'",
-                f"train.fused_blocks='{blocks}'", f"train.fused_optimizer='{optimizer}'"]
-         for mode, compiled, graphs, blocks, optimizer in (
+                f"train.fused_blocks='{blocks}'", f"train.fused_optimizer='{others}'",
+                f"train.fused_swiglu='{others}'"]
+         for mode, compiled, graphs, blocks, others in (
              ("eager", "off", "off", "off", "off"), ("fast", "on", "auto", "off", "off"),
              ("fused-blocks", "on", "auto", "on", "off"), ("fused", "on", "auto", "on", "on"))}
 
@@ -177,6 +180,8 @@ class Trainer:
         self.generator = torch.Generator(self.device).manual_seed(tc.seed + 2)  # exploration
         if tc.fused_blocks == "on" or (tc.fused_blocks == "auto" and self.device.type == "cuda"):
             self._use_fused_blocks(tc.fused_blocks == "on")
+        if tc.fused_swiglu == "on" or (tc.fused_swiglu == "auto" and self.device.type == "cuda"):
+            self._use_fused_swiglu(tc.fused_swiglu == "on")
         self.compiled, self.graphed = fast_path(tc, self.device)
         if self.compiled:
             # A fresh start for dynamo: the compiled variants of earlier runs in this process
@@ -478,14 +483,37 @@ class Trainer:
                 raise ValueError("train.fused_blocks needs the HRM, the model is "
                                  f"{self.config.model.kind!r}")
             return
+        self._use_kernels("fused_blocks", asked, lambda net: net.use_fused_blocks())
+
+    def _use_fused_swiglu(self, asked: bool) -> None:
+        """The SwiGLUs' hidden layers in Triton in both nets, as `_use_fused_blocks` (the CNN and
+        MLP baselines have none)."""
+        if not any(isinstance(module, SwiGLU) for module in self.model.modules()):
+            if asked:
+                raise ValueError("train.fused_swiglu needs a model with SwiGLU blocks, the model is "
+                                 f"{self.config.model.kind!r}")
+            return
+
+        def use(net: torch.nn.Module) -> None:
+            try:
+                from hrm_agent.models.fused_swiglu import use_fused_swiglu
+            except ImportError as exc:
+                raise ValueError(f"the fused SwiGLU needs triton: {exc}") from None
+            use_fused_swiglu(net)
+
+        self._use_kernels("fused_swiglu", asked, use)
+
+    def _use_kernels(self, setting: str, asked: bool, use) -> None:
+        """`use(net)` on both nets; where the kernels cannot run, an error if `asked`, else a
+        warning and PyTorch's ops."""
         try:
             for net in (self.model, self.target):  # the same config: both can, or neither
-                net.use_fused_blocks()
+                use(net)
         except ValueError as exc:
             if asked:
                 raise
-            warnings.warn(f"train.fused_blocks is 'auto', but {exc}: they are off (the same "
-                          "computation, slower)", RuntimeWarning, stacklevel=3)
+            warnings.warn(f"train.{setting} is 'auto', but {exc}: they are off (the same "
+                          "computation, slower)", RuntimeWarning, stacklevel=4)
 
     def save(self) -> Path | None:
         if self.out_dir is None:

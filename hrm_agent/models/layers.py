@@ -186,8 +186,13 @@ class SwiGLU(nn.Module):
         width = swiglu_width(hidden_size, expansion)
         self.gate_up_proj = lecun_linear(hidden_size, 2 * width)
         self.down_proj = lecun_linear(width, hidden_size)
+        # h = silu(gate)·up from x and the gate_up weight in one op, when set: the Triton
+        # kernels of `fused_swiglu.use_fused_swiglu`, which never store gate/up
+        self.hidden = None
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.hidden is not None:
+            return self.down_proj(self.hidden(x, self.gate_up_proj.weight.to(x.dtype)))
         gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 

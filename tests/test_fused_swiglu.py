@@ -10,7 +10,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from hrm_agent.bench.train import CHECK  # noqa: E402
+from hrm_agent.bench.train import CHECK, check_fused_swiglu_bf16  # noqa: E402
 from hrm_agent.experiment import load_profile  # noqa: E402
 from hrm_agent.models import fused_swiglu  # noqa: E402
 from hrm_agent.models.layers import SwiGLU  # noqa: E402
@@ -48,6 +48,13 @@ def test_the_fused_swiglu_computes_the_eager_swiglu_and_its_gradients(dtype):
     expected = _output_and_gradients(eager, x, dtype)
     for got, want in zip(_output_and_gradients(fused, x, dtype), expected):
         torch.testing.assert_close(got, want, **tolerance)
+
+
+def test_in_bf16_the_fused_swiglu_is_as_close_to_fp32_as_the_eager_one():
+    """What the fused mode's bench checks on the GPU before the job trains on it."""
+    check = check_fused_swiglu_bf16(torch.device(DEVICE), tokens=122)
+    assert check["ok"], check
+    assert all(e > 0 for e in check["mean_errors_fused"])  # bf16's rounding, not fp32's
 
 
 def test_compiled_the_fused_swiglu_is_an_opaque_op_with_its_own_backward():

@@ -9,11 +9,11 @@ with the machine's own python3 (torch, numpy and tqdm are all it needs), does in
    SwiGLU's hidden layer); the fast path is kept only if it runs, trains a small fp32 run
    exactly as the eager path does, and is faster, and the fused one only if it passes the
    same check and is faster still.
-   Before the fused bench, `bench fused` times the block kernel's tilings, and the fused path
-   goes at the fastest that computes the reference tiling's blocks (should the fused path
-   fail there, the job falls back to "fused-blocks", the block kernels alone at the reference
-   tiling, as an H100 trained on them)
-   (`--bench-maze`: paper-maze too, for the record, ~2 more minutes).
+   Before the fused bench, `bench fused` times the block kernel's tilings, and our kernels go
+   at the fastest that computes the reference tiling's blocks. The fused bench measures them
+   all ("fused") and the block kernels alone ("fused-blocks"), and the faster that passes the
+   check trains; should both fail, "fused-blocks" once more at the reference tiling, as an
+   H100 trained on them (`--bench-maze`: paper-maze too, for the record, ~2 more minutes).
    A window skips both, and gives their minutes to training, when the last window on the
    same GPU, torch, triton and training code (`windows.jsonl` in `--from`) trained on a
    measured fast path without a failure; `--fast bench` measures anew;
@@ -412,9 +412,9 @@ class Job:
         # fused blocks alone at the reference tiling, as an H100 trained on them.
         self.choose_tiling()
         for modes in (list(FUSED), ["fused-blocks"]):
-            bench = self.measure("paper-fourrooms", "bench_fused", modes)
-            rates = {mode: bench["result"]["paper-fourrooms"][mode]["optimizer_steps_per_s"]
-                     for mode in modes if bench["ok"] and bench["result"][f"{mode}_check"]["ok"]}
+            ours = self.measure("paper-fourrooms", "bench_fused", modes)
+            rates = {mode: ours["result"]["paper-fourrooms"][mode]["optimizer_steps_per_s"]
+                     for mode in modes if ours["ok"] and ours["result"][f"{mode}_check"]["ok"]}
             if rates:
                 break
             self.log(f"{' and '.join(modes)}: failed their checks or did not run")

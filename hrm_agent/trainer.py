@@ -60,8 +60,8 @@ DEFAULT_PROFILE = "cpu-fourrooms"
 # torch.compile, CUDA graphs, fused kernels, attention kernel), none of which is in the
 # checkpoint's tensors.
 EXTENDABLE = ("train.total_steps", "train.max_minutes", "train.num_threads", "train.compile",
-              "train.cuda_graphs", "train.fused_blocks", "train.fused_optimizer", "train.fused_swiglu",
-              "model.attn_backend")
+              "train.cuda_graphs", "train.fused_blocks", "train.fused_optimizer",
+              "train.fused_swiglu", "model.attn_backend")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -243,7 +243,7 @@ def test_our_kernels_train_only_if_their_own_bench_finds_them_equal_and_faster_t
 
 
 def _tilings(**us_per_pass) -> dict:
-    """A `bench fused` result: per tiling name (e.g. t64_64_4_1_128), µs per pass at two shapes
+    """A `bench fused` result: per tiling name (e.g. t64_64_4_1_128_0), µs per pass at two shapes
     or None for a tiling whose process failed."""
     tilings = {}
     for name, us in us_per_pass.items():
@@ -261,7 +261,7 @@ def test_the_fused_path_goes_at_the_fastest_tiling_of_its_bench(tmp_path, monkey
     from hrm_agent.models.fused import TILING_VAR
 
     job = _auto_job(tmp_path, monkeypatch, tilings=_tilings(
-        t64_64_4_3_0=40.0, t64_64_4_1_128=25.0, t128_128_8_3_0=None))
+        t64_64_4_3_0_0=40.0, t64_64_4_1_128_0=25.0, t128_128_8_3_0_0=None))
     bench = {"ok": True, "result": {"fast_path_check": {"ok": True}, "paper-fourrooms": {
         "eager": {"optimizer_steps_per_s": 40.0}, "fast": {"optimizer_steps_per_s": 300.0}}}}
     seen = []
@@ -269,8 +269,8 @@ def test_the_fused_path_goes_at_the_fastest_tiling_of_its_bench(tmp_path, monkey
         (modes, job.env.get(TILING_VAR))) or (
         bench if "eager" in modes else _fused_bench(fused=(True, 400.0), blocks=(True, 350.0))))
     assert job.choose_fast() is True and job.fused == "fused"
-    assert seen == [(["eager", "fast"], None), (["fused", "fused-blocks"], "64,64,4,1,128")]
-    assert job.info["tiling"] == (64, 64, 4, 1, 128)
+    assert seen == [(["eager", "fast"], None), (["fused", "fused-blocks"], "64,64,4,1,128,0")]
+    assert job.info["tiling"] == (64, 64, 4, 1, 128, 0)
     assert "the fused blocks go at 64x64, 4 warps, 1 stage, 128 registers" in (
         tmp_path / "out" / "job.log").read_text()
 
@@ -280,7 +280,7 @@ def test_a_fused_bench_that_fails_at_the_chosen_tiling_falls_back_to_the_blocks_
     """The fallback is what an H100 trained on: the fused blocks alone, at the reference tiling."""
     from hrm_agent.models.fused import TILING_VAR
 
-    job = _auto_job(tmp_path, monkeypatch, tilings=_tilings(t64_64_4_3_0=40.0, t128_64_8_1_128=25.0))
+    job = _auto_job(tmp_path, monkeypatch, tilings=_tilings(t64_64_4_3_0_0=40.0, t128_64_8_1_128_0=25.0))
     bench = {"ok": True, "result": {"fast_path_check": {"ok": True}, "paper-fourrooms": {
         "eager": {"optimizer_steps_per_s": 40.0}, "fast": {"optimizer_steps_per_s": 300.0}}}}
     seen = []
@@ -294,7 +294,7 @@ def test_a_fused_bench_that_fails_at_the_chosen_tiling_falls_back_to_the_blocks_
 
     monkeypatch.setattr(job, "benchmark", benchmark)
     assert job.choose_fast() is True and job.fused == "fused-blocks"
-    assert seen == [(["eager", "fast"], None), (["fused", "fused-blocks"], "128,64,8,1,128"),
+    assert seen == [(["eager", "fast"], None), (["fused", "fused-blocks"], "128,64,8,1,128,0"),
                     (["fused-blocks"], None)]
     assert job.info["tiling"] is None
 
@@ -313,15 +313,15 @@ def test_a_failed_bench_of_the_tilings_leaves_the_reference_tiling(tmp_path, mon
 def test_the_fastest_tiling_is_one_that_computes_the_reference_blocks():
     from hrm_agent.bench.fused import fastest_tiling
 
-    result = _tilings(t64_64_4_3_0=40.0, t64_64_4_1_128=30.0, t64_64_4_1_168=20.0, t32_64_4_3_0=10.0,
-                      t128_64_8_3_0=5.0, t128_128_8_3_0=None)
+    result = _tilings(t64_64_4_3_0_0=40.0, t64_64_4_1_128_0=30.0, t64_64_4_1_168_0=20.0,
+                      t32_64_4_3_0_0=10.0, t128_64_8_3_0_0=5.0, t128_128_8_3_0_0=None)
     shapes = result["tilings"]
-    next(iter(shapes["t32_64_4_3_0"]["shapes"].values()))["max_diff"] = 0.5  # other blocks
-    next(iter(shapes["t128_64_8_3_0"]["shapes"].values()))["finite"] = False  # NaN
-    del next(iter(shapes["t64_64_4_1_168"]["shapes"].values()))["us_per_pass"]  # not timed
-    assert fastest_tiling(result) == (64, 64, 4, 1, 128)
+    next(iter(shapes["t32_64_4_3_0_0"]["shapes"].values()))["max_diff"] = 0.5  # other blocks
+    next(iter(shapes["t128_64_8_3_0_0"]["shapes"].values()))["finite"] = False  # NaN
+    del next(iter(shapes["t64_64_4_1_168_0"]["shapes"].values()))["us_per_pass"]  # not timed
+    assert fastest_tiling(result) == (64, 64, 4, 1, 128, 0)
     assert fastest_tiling(None) is None
-    assert fastest_tiling(_tilings(t128_128_8_3_0=None)) is None
+    assert fastest_tiling(_tilings(t128_128_8_3_0_0=None)) is None
 
 
 H100 = {"gpu": "NVIDIA H100 80GB HBM3", "torch": "2.11.0+cu130", "triton": "3.6.0",
@@ -384,13 +384,13 @@ def test_a_reused_verdict_keeps_its_choice_of_the_fused_blocks_and_their_tiling(
 
     carried = tmp_path / "gpu-runs"
     carried.mkdir()
-    window = dict(_window("12-01", fused="fused"), tiling=[64, 64, 4, 1, 128])
+    window = dict(_window("12-01", fused="fused"), tiling=[64, 64, 4, 1, 128, 0])
     (carried / "windows.jsonl").write_text(json.dumps(window) + "\n")
     job = _auto_job(tmp_path, monkeypatch, carried=carried)
     job.info["report"] = dict(H100, python="3.12.3")
     monkeypatch.setattr(job, "benchmark", lambda profile, modes: pytest.fail("benched"))
     assert job.choose_fast() is True and job.fused == "fused"
-    assert job.env[TILING_VAR] == "64,64,4,1,128"
+    assert job.env[TILING_VAR] == "64,64,4,1,128,0"
 
 
 @pytest.mark.parametrize("window, path", [
@@ -549,17 +549,17 @@ def test_the_runs_readme_reports_each_windows_bench_and_the_busiest_kernels():
 def test_the_runs_readme_shows_the_last_windows_tilings_and_the_one_trained_at():
     from hrm_agent.gpujob import tilings_markdown
 
-    result = _tilings(t64_64_4_3_0=40.0, t64_64_4_1_128=25.0, t128_128_8_3_0=None)
+    result = _tilings(t64_64_4_3_0_0=40.0, t64_64_4_1_128_0=25.0, t128_128_8_3_0_0=None)
     for entry in result["tilings"].values():
         for row in entry.get("shapes", {}).values():
             row["us_per_pass_fp32_weights"] = row["us_per_pass"] + 10
     windows = [{"date": "2026-12-01", "bench_tilings": {"ok": True, "result": result},
-                "tiling": [64, 64, 4, 1, 128]}, {"date": "2026-12-02"}]
+                "tiling": [64, 64, 4, 1, 128, 0]}, {"date": "2026-12-02"}]
     text = "\n".join(tilings_markdown(windows))
     assert "(`bench fused`, 2026-12-01, NVIDIA H100 80GB HBM3, batch 256)" in text
     assert "Trained at: 64x64, 4 warps, 1 stage, 128 registers." in text
-    assert "| t64_64_4_1_128 | 25.0 (35.0) | 25.0 (35.0) | 0 |" in text
-    assert "| t128_128_8_3_0 | - | - | illegal memory access |" in text
+    assert "| t64_64_4_1_128_0 | 25.0 (35.0) | 25.0 (35.0) | 0 |" in text
+    assert "| t128_128_8_3_0_0 | - | - | illegal memory access |" in text
     assert tilings_markdown([{"date": "2026-12-02"}]) == []
 
 

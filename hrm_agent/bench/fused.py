@@ -22,15 +22,19 @@ import sys
 
 import torch
 
-# (query rows, key rows, warps, stages, register cap or 0). Compiled for sm_90 at four-rooms'
-# 122 positions: the reference, (64, 64, 4, 3, 0), takes 229 registers and 72 KB of shared memory
-# (two programs per SM, by registers); at 1 or 2 stages 32 or 48 KB, so that capped at 168
-# registers three programs fit, at 128 four (four-rooms in one wave), spilling 32-160 bytes.
-# 128 query rows: one program per sequence (K and V computed once), two per SM, four-rooms in
-# one wave; with 4 warps at 255 registers, with 8 at 128 (spilling 144-256 bytes). 128x128/8 is
-# left out: it faulted on an H100.
-TILINGS = [(64, 64, 4, 3, 0), (64, 64, 4, 1, 168), (64, 64, 4, 1, 128), (64, 64, 4, 2, 168),
-           (64, 64, 4, 2, 128), (128, 64, 4, 1, 0), (128, 64, 8, 1, 128), (128, 64, 8, 2, 128)]
+# (query rows, key rows, warps, stages, register cap or 0, heads at once). Compiled for sm_90 at
+# four-rooms' 122 positions: the reference, (64, 64, 4, 3, 0, 0), takes 229 registers and 72 KB
+# of shared memory (two programs per SM, by registers); at 1 or 2 stages 32 or 48 KB, so that
+# capped at 168 registers three programs fit, at 128 four (four-rooms in one wave), spilling
+# 32-160 bytes. 128 query rows: one program per sequence (K and V computed once), two per SM,
+# four-rooms in one wave; with 4 warps at 255 registers, with 8 at 128 (spilling 144 bytes).
+# All heads at once: 13 waits on the tensor cores per program, not 19, for 242-255 registers
+# (no spill, two per SM), or 192 bytes spilled at 168 (three). 128x128/8 is left out: it
+# faulted on an H100.
+TILINGS = [(64, 64, 4, 3, 0, 0), (64, 64, 4, 1, 168, 0), (64, 64, 4, 1, 128, 0),
+           (64, 64, 4, 2, 168, 0), (64, 64, 4, 2, 128, 0), (128, 64, 4, 1, 0, 0),
+           (128, 64, 8, 1, 128, 0), (64, 64, 4, 1, 0, 1), (64, 64, 4, 2, 0, 1),
+           (64, 64, 4, 1, 168, 1)]
 SEQ_LENS = (121, 143)  # four-rooms, maze (+1 position: the task token)
 REPS, ROUNDS = 16, 10
 TIMEOUT_S = 300
@@ -90,9 +94,10 @@ def measure(tiling: tuple[int, ...], batch: int, timed: bool) -> dict[str, dict]
 
 
 def tiling_name(tiling) -> str:
-    block_m, block_n, warps, stages, registers = tiling
+    block_m, block_n, warps, stages, registers, all_heads = tiling
     return (f"{block_m}x{block_n}, {warps} warps, {stages} stage{'s' * (stages != 1)}"
-            + (f", {registers} registers" if registers else ""))
+            + (f", {registers} registers" if registers else "")
+            + (", heads at once" if all_heads else ""))
 
 
 def _command(tiling: tuple[int, ...], batch: int, what: str) -> list[str]:

@@ -70,13 +70,20 @@ def _load_t(w_ptr, row0, rows, k, ld: tl.constexpr):
 
 
 @triton.jit
-def _rope(x, w_ptr, row0, d, j, cos, sin, D: tl.constexpr, HD: tl.constexpr, DT: tl.constexpr,
+def _partner(c, HD: tl.constexpr):
+    """The feature that rotate_half pairs feature c with, within c's head (of HD features)."""
+    return (c // HD) * HD + (c % HD + HD // 2) % HD
+
+
+@triton.jit
+def _rope(x, w_ptr, row0, c, d, cos, sin, D: tl.constexpr, HD: tl.constexpr, DT: tl.constexpr,
           IEEE: tl.constexpr):
-    """RoPE of one head's projection x·W[row0 : row0 + HD]^T: the projection times cos plus the
-    projection with its halves swapped (the weight's rows loaded swapped) times the signed sin,
-    as layers.rotate; each product rounded as eager rounds it."""
-    swapped = _round(_mm(x, _load_t(w_ptr, row0, (j + HD // 2) % HD, d, D), DT, IEEE), DT)
-    x = _round(_mm(x, _load_t(w_ptr, row0, j, d, D), DT, IEEE), DT)
+    """RoPE of the projection x·W[row0 + c]^T (c: one head's features, or all heads'): the
+    projection times cos plus the projection through each feature's partner's weight row
+    (rotate_half's swap) times the signed sin, as layers.rotate; each product rounded as eager
+    rounds it."""
+    swapped = _round(_mm(x, _load_t(w_ptr, row0, _partner(c, HD), d, D), DT, IEEE), DT)
+    x = _round(_mm(x, _load_t(w_ptr, row0, c, d, D), DT, IEEE), DT)
     return _round(_round(x * cos, DT) + _round(swapped * sin, DT), DT)
 
 
@@ -94,57 +101,27 @@ def _load_rows(x_ptr, inj_ptr, base, rows, d, S: tl.constexpr, D: tl.constexpr,
 
 
 @triton.jit
-def _load_table(t_ptr, rows, j, S: tl.constexpr, HD: tl.constexpr):
-    return tl.load(t_ptr + rows[:, None] * HD + j[None, :], mask=(rows < S)[:, None], other=0.0)
-
-
-# (query rows, key rows, warps, stages, registers per thread or 0 for the compiler's choice).
-# Stages: how deep Triton pipelines the key and SwiGLU loops (weights and keys copied to shared
-# memory ahead of their use; 1: not at all, but fewer registers and half the shared memory).
-# The reference: 64x64, 4 warps, as an H100's autotuner chose over 128x128/8 and 128x64/8 for
-# both bf16 shapes, at Triton's default 3 stages; ~230 registers and 64-72 KB of shared memory,
-# so two programs per SM. 128x128 broke on the H100 at batch 256 (an illegal memory access, or
-# NaN), so nothing is timed inside the training loop; `bench fused` times tilings offline.
-TILING = (64, 64, 4, 3, 0)
-# The tiling the kernel runs at, when not TILING: "query rows,key rows,warps,stages,registers".
-# The GPU job sets it to the fastest of its `bench fused` whose blocks are TILING's.
-TILING_VAR = "HRM_AGENT_FUSED_TILING"
-
-
-def parse_tiling(text: str) -> tuple[int, int, int, int, int]:
-    parts = text.split(",")
-    if len(parts) != 5 or not all(part.strip().isdigit() for part in parts):
-        raise ValueError(f"{TILING_VAR}={text!r}: expected 'query rows,key rows,warps,stages,"
-                         "registers', e.g. '64,64,4,3,0'")
-    return tuple(int(part) for part in parts)
-
-
-IN_USE = parse_tiling(os.environ[TILING_VAR]) if os.environ.get(TILING_VAR) else TILING
+def _load_table(t_ptr, rows, c, S: tl.constexpr, HD: tl.constexpr):
+    """A RoPE table (S, HD) at `rows` and features c (of any head: the tables are per feature
+    of a head)."""
+    c = c % HD
+    return tl.load(t_ptr + rows[:, None] * HD + c[None, :], mask=(rows < S)[:, None], other=0.0)
 
 
 @triton.jit
-def _block_kernel(x_ptr, inj_ptr, out_ptr, wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, cos_ptr, sin_ptr,
-                  sm_scale, S: tl.constexpr, D: tl.constexpr, HEADS: tl.constexpr,
-                  W: tl.constexpr, HAS_INJ: tl.constexpr, IEEE: tl.constexpr,
-                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Program (b, m): the block on query rows [m·BLOCK_M, (m + 1)·BLOCK_M) of sequence b of x
-    (B, S, D), plus inj first when HAS_INJ (the reasoning module's input injection, fused into
-    its first block). Attention over keys in tiles of BLOCK_N with an online softmax (as flash
-    attention), K and V computed from the input tile by tile (a maze sequence's query tiles
-    each compute them: in parallel programs, not one after another)."""
-    DT: tl.constexpr = x_ptr.dtype.element_ty
+def _attention_by_head(x, x_ptr, inj_ptr, base, rows, wqkv_ptr, wo_ptr, cos_ptr, sin_ptr,
+                       sm_scale, S: tl.constexpr, D: tl.constexpr, HEADS: tl.constexpr,
+                       HAS_INJ: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
+                       BLOCK_N: tl.constexpr, DT: tl.constexpr):
+    """Attention of query rows `rows` (their input x), head by head, each head's output
+    projected and summed (o_proj)."""
     HD: tl.constexpr = D // HEADS
-    base = tl.program_id(0).to(tl.int64) * S * D
-    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     d = tl.arange(0, D)
     j = tl.arange(0, HD)
-    x = _load_rows(x_ptr, inj_ptr, base, rows, d, S, D, HAS_INJ, DT)
     cos_q, sin_q = _load_table(cos_ptr, rows, j, S, HD), _load_table(sin_ptr, rows, j, S, HD)
-
-    # attention, head by head, each head's output projected and summed (o_proj)
     attn = tl.zeros((BLOCK_M, D), dtype=tl.float32)
     for h in tl.static_range(HEADS):
-        q = _rope(x, wqkv_ptr, h * HD, d, j, cos_q, sin_q, D, HD, DT, IEEE)
+        q = _rope(x, wqkv_ptr, h * HD, j, d, cos_q, sin_q, D, HD, DT, IEEE)
         top = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
         total = tl.zeros((BLOCK_M,), dtype=tl.float32)
         out = tl.zeros((BLOCK_M, HD), dtype=tl.float32)
@@ -152,7 +129,7 @@ def _block_kernel(x_ptr, inj_ptr, out_ptr, wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, co
             keys = n0 + tl.arange(0, BLOCK_N)
             x_k = _load_rows(x_ptr, inj_ptr, base, keys, d, S, D, HAS_INJ, DT)
             cos_k, sin_k = _load_table(cos_ptr, keys, j, S, HD), _load_table(sin_ptr, keys, j, S, HD)
-            k = _rope(x_k, wqkv_ptr, D + h * HD, d, j, cos_k, sin_k, D, HD, DT, IEEE)
+            k = _rope(x_k, wqkv_ptr, D + h * HD, j, d, cos_k, sin_k, D, HD, DT, IEEE)
             v = _mm(x_k, _load_t(wqkv_ptr, 2 * D + h * HD, j, d, D), DT, IEEE)
             scores = _mm(q, tl.trans(k), DT, IEEE) * sm_scale
             scores = tl.where((keys < S)[None, :], scores, float("-inf"))
@@ -163,6 +140,99 @@ def _block_kernel(x_ptr, inj_ptr, out_ptr, wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, co
             out = out * scale[:, None] + _mm(p, v, DT, IEEE)
             top = new_top
         attn += _mm(out / total[:, None], _load_t(wo_ptr, 0, d, h * HD + j, D), DT, IEEE)
+    return attn
+
+
+@triton.jit
+def _attention_all_heads(x, x_ptr, inj_ptr, base, rows, wqkv_ptr, wo_ptr, cos_ptr, sin_ptr,
+                         sm_scale, S: tl.constexpr, D: tl.constexpr, HEADS: tl.constexpr,
+                         HAS_INJ: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr, DT: tl.constexpr):
+    """`_attention_by_head`'s attention with Q, K, V and o_proj for all heads in one matmul
+    each, and one pass over the keys: fewer, wider matmuls in the program's chain of dependent
+    ones, for more registers. A head's scores are q, zero outside the head's features, times k;
+    its p·v is kept in its features; its online-softmax state is a column of (rows, HEADS)."""
+    HD: tl.constexpr = D // HEADS
+    d = tl.arange(0, D)
+    head = (d // HD)[None, :]
+    hid = tl.arange(0, HEADS)[None, :]
+    cos_q, sin_q = _load_table(cos_ptr, rows, d, S, HD), _load_table(sin_ptr, rows, d, S, HD)
+    q = _rope(x, wqkv_ptr, 0, d, d, cos_q, sin_q, D, HD, DT, IEEE)
+    top = tl.full((BLOCK_M, HEADS), float("-inf"), dtype=tl.float32)
+    total = tl.zeros((BLOCK_M, HEADS), dtype=tl.float32)
+    out = tl.zeros((BLOCK_M, D), dtype=tl.float32)
+    for n0 in tl.range(0, S, BLOCK_N):
+        keys = n0 + tl.arange(0, BLOCK_N)
+        x_k = _load_rows(x_ptr, inj_ptr, base, keys, d, S, D, HAS_INJ, DT)
+        cos_k, sin_k = _load_table(cos_ptr, keys, d, S, HD), _load_table(sin_ptr, keys, d, S, HD)
+        k = _rope(x_k, wqkv_ptr, D, d, d, cos_k, sin_k, D, HD, DT, IEEE)
+        v = _mm(x_k, _load_t(wqkv_ptr, 2 * D, d, d, D), DT, IEEE)
+        for h in tl.static_range(HEADS):
+            scores = _mm(tl.where(head == h, q, 0.0), tl.trans(k), DT, IEEE) * sm_scale
+            scores = tl.where((keys < S)[None, :], scores, float("-inf"))
+            top_h = tl.sum(tl.where(hid == h, top, 0.0), axis=1)
+            new_top = tl.maximum(top_h, tl.max(scores, axis=1))
+            p = tl.exp(scores - new_top[:, None])
+            scale = tl.exp(top_h - new_top)
+            total = tl.where(hid == h, total * scale[:, None] + tl.sum(p, axis=1)[:, None], total)
+            out = tl.where(head == h, out * scale[:, None] + _mm(p, v, DT, IEEE), out)
+            top = tl.where(hid == h, new_top[:, None], top)
+    for h in tl.static_range(HEADS):
+        out = tl.where(head == h, out / tl.sum(tl.where(hid == h, total, 0.0), axis=1)[:, None], out)
+    return _mm(out, _load_t(wo_ptr, 0, d, d, D), DT, IEEE)
+
+
+# (query rows, key rows, warps, stages, registers per thread or 0 for the compiler's choice,
+# heads at once: 1 or 0). Stages: how deep Triton pipelines the key and SwiGLU loops (weights
+# and keys copied to shared memory ahead of their use; 1: not at all, but fewer registers and
+# half the shared memory). Heads at once: `_attention_all_heads` (else `_attention_by_head`).
+# The reference: 64x64, 4 warps, as an H100's autotuner chose over 128x128/8 and 128x64/8 for
+# both bf16 shapes, at Triton's default 3 stages; ~230 registers and 64-72 KB of shared memory,
+# so two programs per SM. 128x128 broke on the H100 at batch 256 (an illegal memory access, or
+# NaN), so nothing is timed inside the training loop; `bench fused` times tilings offline.
+TILING = (64, 64, 4, 3, 0, 0)
+# The tiling the kernel runs at, when not TILING: "query rows,key rows,warps,stages,registers,
+# heads at once".
+# The GPU job sets it to the fastest of its `bench fused` whose blocks are TILING's.
+TILING_VAR = "HRM_AGENT_FUSED_TILING"
+
+
+def parse_tiling(text: str) -> tuple[int, int, int, int, int, int]:
+    parts = text.split(",")
+    if len(parts) != 6 or not all(part.strip().isdigit() for part in parts):
+        raise ValueError(f"{TILING_VAR}={text!r}: expected 'query rows,key rows,warps,stages,"
+                         "registers,heads at once', e.g. '64,64,4,3,0,0'")
+    return tuple(int(part) for part in parts)
+
+
+IN_USE = parse_tiling(os.environ[TILING_VAR]) if os.environ.get(TILING_VAR) else TILING
+
+
+@triton.jit
+def _block_kernel(x_ptr, inj_ptr, out_ptr, wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, cos_ptr, sin_ptr,
+                  sm_scale, S: tl.constexpr, D: tl.constexpr, HEADS: tl.constexpr,
+                  W: tl.constexpr, HAS_INJ: tl.constexpr, IEEE: tl.constexpr,
+                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, ALL_HEADS: tl.constexpr):
+    """Program (b, m): the block on query rows [m·BLOCK_M, (m + 1)·BLOCK_M) of sequence b of x
+    (B, S, D), plus inj first when HAS_INJ (the reasoning module's input injection, fused into
+    its first block). Attention over keys in tiles of BLOCK_N with an online softmax (as flash
+    attention), K and V computed from the input tile by tile (a maze sequence's query tiles
+    each compute them: in parallel programs, not one after another); head by head, or all
+    heads at once (ALL_HEADS)."""
+    DT: tl.constexpr = x_ptr.dtype.element_ty
+    base = tl.program_id(0).to(tl.int64) * S * D
+    rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
+    d = tl.arange(0, D)
+    x = _load_rows(x_ptr, inj_ptr, base, rows, d, S, D, HAS_INJ, DT)
+    if ALL_HEADS:
+        attn = _attention_all_heads(x, x_ptr, inj_ptr, base, rows, wqkv_ptr, wo_ptr, cos_ptr,
+                                    sin_ptr, sm_scale, S, D, HEADS, HAS_INJ, IEEE, BLOCK_M,
+                                    BLOCK_N, DT)
+    else:
+        attn = _attention_by_head(x, x_ptr, inj_ptr, base, rows, wqkv_ptr, wo_ptr, cos_ptr,
+                                  sin_ptr, sm_scale, S, D, HEADS, HAS_INJ, IEEE, BLOCK_M, BLOCK_N,
+                                  DT)
+
     x = _rms(_round(x + _round(attn, DT), DT), D, DT)
 
     # SwiGLU in 64-wide slices of its hidden width (a multiple of 256), never written to memory;
@@ -180,16 +250,17 @@ def _block_kernel(x_ptr, inj_ptr, out_ptr, wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, co
 def launch(x: Tensor, inj: Tensor | None, wqkv: Tensor, wo: Tensor, wgu: Tensor, wd: Tensor,
            cos: Tensor, sin: Tensor, num_heads: int, tiling: tuple[int, ...] = TILING) -> Tensor:
     """`layers.Block` on x (B, S, D) (after adding `inj`, when given): the kernel's launch at
-    `tiling` (query rows, key rows, warps, stages, register cap or 0)."""
+    `tiling` (query rows, key rows, warps, stages, register cap or 0, heads at once)."""
     b, s, d = x.shape
-    block_m, block_n, warps, stages, registers = tiling
+    block_m, block_n, warps, stages, registers, all_heads = tiling
     x, wqkv, wo, wgu, wd = (t.contiguous() for t in (x, wqkv, wo, wgu, wd))
     out = torch.empty_like(x)
     _block_kernel[(b, triton.cdiv(s, block_m))](
         x, x if inj is None else inj.contiguous(), out, wqkv, wo, wgu, wd, cos.contiguous(),
         sin.contiguous(), 1.0 / math.sqrt(d // num_heads), S=s, D=d, HEADS=num_heads,
         W=wd.shape[1], HAS_INJ=inj is not None, IEEE=x.dtype == torch.float32 or INTERPRET,
-        BLOCK_M=block_m, BLOCK_N=block_n, num_warps=warps, num_stages=stages,
+        BLOCK_M=block_m, BLOCK_N=block_n, ALL_HEADS=bool(all_heads), num_warps=warps,
+        num_stages=stages,
         **({"maxnreg": registers} if registers else {}))
     return out
 

@@ -192,8 +192,8 @@ def _attention_all_heads(x, x_ptr, inj_ptr, base, rows, wqkv_ptr, wo_ptr, cos_pt
 # NaN), so nothing is timed inside the training loop; `bench fused` times tilings offline.
 TILING = (64, 64, 4, 3, 0, 0)
 # The tiling the kernel runs at, when not TILING: "query rows,key rows,warps,stages,registers,
-# heads at once".
-# The GPU job sets it to the fastest of its `bench fused` whose blocks are TILING's.
+# heads at once". The GPU job sets it to the fastest of its `bench fused` whose blocks are
+# TILING's.
 TILING_VAR = "HRM_AGENT_FUSED_TILING"
 
 

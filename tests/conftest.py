@@ -1,4 +1,6 @@
 import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -24,6 +26,18 @@ TINY = [
 def tiny_config(*overrides: str, profile: str = "paper-fourrooms"):
     """A model and run small enough to train for a few steps in a test."""
     return load_profile(profile, [*TINY, *overrides])
+
+
+def compile_for_h100(script: str, cache_dir, *args: str) -> str:
+    """What `script` prints, run in a fresh process without the interpreter (under it,
+    triton.jit makes no compilable kernels), with its own Triton cache: Triton's compiler and
+    ptxas build kernels for sm_90 without a GPU."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(cache_dir)
+    proc = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
 
 
 @pytest.fixture(autouse=True)

@@ -17,6 +17,7 @@ from hrm_agent.models import fused  # noqa: E402
 from hrm_agent.models.hrm import HRMConfig, HRMQNetwork  # noqa: E402
 from hrm_agent.models.base import Carry  # noqa: E402
 from hrm_agent.trainer import PATHS, Trainer  # noqa: E402
+from tests.conftest import compile_for_h100  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -177,12 +178,8 @@ def test_the_kernel_compiles_for_an_h100(positions, tmp_path):
     GPU job compiles, checked without a GPU."""
     from hrm_agent.bench.fused import TILINGS
 
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    proc = subprocess.run([sys.executable, "-c", COMPILE_FOR_H100, str(positions)], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("ok") == 1 + len(set(TILINGS) | {fused.TILING})
+    printed = compile_for_h100(COMPILE_FOR_H100, tmp_path, str(positions))
+    assert printed.count("ok") == 1 + len(set(TILINGS) | {fused.TILING})
 
 
 def test_bench_fused_compares_each_tiling_in_a_process_of_its_own():

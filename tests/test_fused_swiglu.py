@@ -1,9 +1,6 @@
 """The SwiGLU's hidden layer in Triton (models/fused_swiglu.py): Triton's interpreter runs the
 kernels on a CPU (TRITON_INTERPRET, set by conftest.py), and Triton's compiler builds them for
 an H100 (sm_90)."""
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -15,6 +12,7 @@ from hrm_agent.experiment import load_profile  # noqa: E402
 from hrm_agent.models import fused_swiglu  # noqa: E402
 from hrm_agent.models.layers import SwiGLU  # noqa: E402
 from hrm_agent.trainer import PATHS, Trainer  # noqa: E402
+from tests.conftest import compile_for_h100  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -118,9 +116,4 @@ for kernel, pointers in ((f._hidden_kernel, 3), (f._hidden_backward_kernel, 4)):
 
 
 def test_the_kernels_compile_for_an_h100(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    proc = subprocess.run([sys.executable, "-c", COMPILE_FOR_H100], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("ok") == 2
+    assert compile_for_h100(COMPILE_FOR_H100, tmp_path).count("ok") == 2

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import copy
 import math
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from hrm_agent.models.hrm import HRMConfig, HRMQNetwork
 from hrm_agent.optim import AdamATan2, SignSGD, make_optimizers
+from tests.conftest import compile_for_h100
 
 try:
     import triton  # noqa: F401
@@ -327,9 +325,4 @@ for decay in (True, False):
 def test_the_fused_update_compiles_for_an_h100(tmp_path):
     """Triton's compiler builds the kernel for sm_90, CUDA's atan2f (libdevice) linked in: the
     part of the kernel the interpreter replaces, checked without a GPU."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["TRITON_CACHE_DIR"] = str(tmp_path)
-    proc = subprocess.run([sys.executable, "-c", COMPILE_FOR_H100], env=env, capture_output=True,
-                          text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.count("ok") == 2
+    assert compile_for_h100(COMPILE_FOR_H100, tmp_path).count("ok") == 2

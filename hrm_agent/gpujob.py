@@ -54,7 +54,7 @@ from typing import Any
 
 import torch
 
-from hrm_agent.bench.train import last_partial
+from hrm_agent.bench import last_partial
 from hrm_agent.checkpoint import CheckpointError, config_diff, load_checkpoint, save_checkpoint
 from hrm_agent.experiment import load_profile
 from hrm_agent.trainer import (BEST, CHECKPOINT, CONFIG, EXTENDABLE, METRICS, PATHS, _better,
@@ -82,7 +82,7 @@ BENCH_TIMEOUT_S = 360
 # The modes of `PATHS` with our kernels, in the order the job tries them (all of them, then the
 # fused blocks alone, as an H100 trained on them), and what they run.
 FUSED = {"fused": "the fused blocks, AdamATan2 and SwiGLU", "fused-blocks": "the fused blocks"}
-TILINGS_TIMEOUT_S = 240  # `bench fused`: its tilings compile in parallel, then ~10 s each
+TILINGS_TIMEOUT_S = 300  # `bench fused`: its tilings compile in parallel, then ~10 s each
 MIN_RUN_S = 30  # a run starts (or, its path failed, restarts a step down) only with this much time left
 # The runs get SIGTERM STOP_S before the budget's end (a paper run checkpointed and exited within
 # ~5 s of it on an H100), and one still going GRACE_S after that is killed: a job overruns its
@@ -330,12 +330,15 @@ class Job:
             cmd, timeout_s=min(TILINGS_TIMEOUT_S, left))
         if outcome["ok"]:
             outcome["result"] = json.loads(outcome.pop("stdout").strip().splitlines()[-1])
-        else:
-            self.log.tail("bench fused failed", outcome.pop("stderr"))
-        tiling = fastest_tiling(outcome.get("result"))
+        else:  # (stopped at the deadline, it keeps the tilings it timed)
+            stderr = outcome.pop("stderr")
+            self.log.tail("bench fused failed", stderr)
+            if partial := last_partial(stderr):
+                outcome["partial"] = partial
+        tiling = fastest_tiling(_measured(outcome))
         self.set_tiling(tiling)
         self.log(f"bench fused ({time.monotonic() - start:.0f} s): "
-                 + json.dumps(outcome.get("result") or outcome["reason"]) + "; the fused blocks go at "
+                 + json.dumps(_measured(outcome) or outcome["reason"]) + "; the fused blocks go at "
                  + (tiling_name(tiling) if tiling else "the reference tiling"))
         self.mirror()
 

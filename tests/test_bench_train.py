@@ -2,7 +2,8 @@
 import pytest
 import torch
 
-from hrm_agent.bench.train import _ready, _Traffic, kernel_profile, last_partial, mode_overrides, run
+from hrm_agent.bench import last_partial
+from hrm_agent.bench.train import _ready, _Traffic, kernel_profile, mode_overrides, run
 from hrm_agent.experiment import load_profile
 from hrm_agent.graphs import CUDAGraphed
 

@@ -11,6 +11,7 @@ import torch
 
 triton = pytest.importorskip("triton")
 
+from hrm_agent.bench import last_partial  # noqa: E402
 from hrm_agent.bench.train import CHECK, check_fast_path, check_fused_bf16  # noqa: E402
 from hrm_agent.experiment import load_profile  # noqa: E402
 from hrm_agent.models import fused  # noqa: E402
@@ -182,13 +183,14 @@ def test_the_kernel_compiles_for_an_h100(positions, tmp_path):
     assert printed.count("ok") == 1 + len(set(TILINGS) | {fused.TILING})
 
 
-def test_bench_fused_compares_each_tiling_in_a_process_of_its_own():
+def test_bench_fused_compares_each_tiling_in_a_process_of_its_own(capsys):
     """`bench fused` on a CPU: the interpreter runs each tiling beside the kernel's own, and
     with the weights cast beforehand or in the kernel, in its own process; a tiling that
     cannot run is reported, not fatal."""
     from hrm_agent.bench.fused import run
 
     result = run(tilings=[(32, 64, 4, 1, 128, 1), (48, 64, 4, 3, 0, 0)])
+    assert last_partial(capsys.readouterr().err) == result  # the result so far, after each
     assert result["reference"] == "{}x{}, {} warps, {} stages".format(*fused.TILING)
     name = "32x64, 4 warps, 1 stage, 128 registers, heads at once"
     assert result["tilings"][name]["tiling"] == [32, 64, 4, 1, 128, 1]

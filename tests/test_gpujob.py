@@ -299,6 +299,21 @@ def test_a_fused_bench_that_fails_at_the_chosen_tiling_falls_back_to_the_blocks_
     assert job.info["tiling"] is None
 
 
+def test_a_bench_of_the_tilings_stopped_at_its_deadline_keeps_the_tilings_it_timed(
+        tmp_path, monkeypatch):
+    from hrm_agent.bench import PARTIAL
+    from hrm_agent.models.fused import TILING_VAR
+
+    job = _auto_job(tmp_path, monkeypatch)
+    timed = _tilings(t64_64_4_3_0_0=40.0, t64_64_4_1_168_0=30.0)
+    monkeypatch.setattr(job, "subprocess", lambda cmd, timeout_s: {
+        "ok": False, "reason": "timed out after 300 s",
+        "stderr": f"{PARTIAL}{json.dumps(_tilings(t64_64_4_3_0_0=40.0))}\n{PARTIAL}{json.dumps(timed)}\n"})
+    job.choose_tiling()
+    assert job.env[TILING_VAR] == "64,64,4,1,168,0"
+    assert job.info["bench_tilings"]["partial"] == timed
+
+
 def test_a_failed_bench_of_the_tilings_leaves_the_reference_tiling(tmp_path, monkeypatch):
     from hrm_agent.models.fused import TILING_VAR
 
@@ -453,7 +468,7 @@ def test_the_code_hash_follows_the_training_modules_not_the_jobs_own(tmp_path, m
 
 def test_a_bench_stopped_by_its_timeout_keeps_what_it_measured(tmp_path, monkeypatch):
     from hrm_agent import gpujob
-    from hrm_agent.bench.train import PARTIAL
+    from hrm_agent.bench import PARTIAL
 
     job = _auto_job(tmp_path, monkeypatch)
     measured = {"fast_path_check": {"ok": True}, "paper-fourrooms": {"eager": {"optimizer_steps_per_s": 40.0}}}

@@ -9,8 +9,8 @@ calls), and each tiling's blocks are compared with those of the reference tiling
 (`fused.TILING`). The GPU job trains at the fastest tiling whose blocks are the reference's
 (`fastest_tiling`). Each tiling runs in a process of its own, one after another, after all
 have compiled in parallel into Triton's cache: a tiling that faults (128x128 did on an H100)
-cannot take the others with it. On a CPU, Triton's interpreter runs the comparison at batch
-1, untimed. `--quick`: batch 64.
+cannot take the others with it; the result so far goes to stderr after each (`so_far`). On a
+CPU, Triton's interpreter runs the comparison at batch 1, untimed. `--quick`: batch 64.
 """
 from __future__ import annotations
 
@@ -22,19 +22,23 @@ import sys
 
 import torch
 
+from hrm_agent.bench import so_far
+
 # (query rows, key rows, warps, stages, register cap or 0, heads at once). Compiled for sm_90 at
 # four-rooms' 122 positions: the reference, (64, 64, 4, 3, 0, 0), takes 229 registers and 72 KB
 # of shared memory (two programs per SM, by registers); at 1 or 2 stages 32 or 48 KB, so that
 # capped at 168 registers three programs fit, at 128 four (four-rooms in one wave), spilling
 # 32-160 bytes. 128 query rows: one program per sequence (K and V computed once), two per SM,
 # four-rooms in one wave; with 4 warps at 255 registers, with 8 at 128 (spilling 144 bytes).
+# 64x64 with 8 warps at 128 registers: two per SM (16 warps), each matmul split between two
+# warpgroups, spilling 120 bytes.
 # All heads at once: 13 waits on the tensor cores per program, not 19, for 242-255 registers
 # (no spill, two per SM), or 192 bytes spilled at 168 (three). 128x128/8 is left out: it
 # faulted on an H100.
 TILINGS = [(64, 64, 4, 3, 0, 0), (64, 64, 4, 1, 168, 0), (64, 64, 4, 1, 128, 0),
            (64, 64, 4, 2, 168, 0), (64, 64, 4, 2, 128, 0), (128, 64, 4, 1, 0, 0),
-           (128, 64, 8, 1, 128, 0), (64, 64, 4, 1, 0, 1), (64, 64, 4, 2, 0, 1),
-           (64, 64, 4, 1, 168, 1)]
+           (128, 64, 8, 1, 128, 0), (64, 64, 8, 1, 128, 0), (64, 64, 4, 1, 0, 1),
+           (64, 64, 4, 2, 0, 1), (64, 64, 4, 1, 168, 1)]
 SEQ_LENS = (121, 143)  # four-rooms, maze (+1 position: the task token)
 REPS, ROUNDS = 16, 10
 TIMEOUT_S = 300
@@ -120,6 +124,8 @@ def run(quick: bool = False, tilings: list[tuple[int, ...]] | None = None) -> di
             except subprocess.TimeoutExpired:
                 proc.kill()  # its timed run compiles it, or reports its timeout
     results = {}
+    run_result = {"device": torch.cuda.get_device_name() if cuda else "cpu (interpreter, untimed)",
+                  "batch": batch, "reference": tiling_name(TILING), "tilings": results}
     for tiling in tilings:
         result = results[tiling_name(tiling)] = {"tiling": list(tiling)}
         try:
@@ -127,14 +133,14 @@ def run(quick: bool = False, tilings: list[tuple[int, ...]] | None = None) -> di
                                   capture_output=True, text=True, timeout=TIMEOUT_S)
         except subprocess.TimeoutExpired:
             result["error"] = f"no result in {TIMEOUT_S} s"
-            continue
-        lines = (proc.stdout if proc.returncode == 0 else proc.stderr).strip().splitlines()
-        if proc.returncode == 0:
-            result["shapes"] = json.loads(lines[-1])
         else:
-            result["error"] = lines[-1] if lines else f"exit {proc.returncode}"
-    return {"device": torch.cuda.get_device_name() if cuda else "cpu (interpreter, untimed)",
-            "batch": batch, "reference": tiling_name(TILING), "tilings": results}
+            lines = (proc.stdout if proc.returncode == 0 else proc.stderr).strip().splitlines()
+            if proc.returncode == 0:
+                result["shapes"] = json.loads(lines[-1])
+            else:
+                result["error"] = lines[-1] if lines else f"exit {proc.returncode}"
+        so_far(run_result)
+    return run_result
 
 
 def fastest_tiling(result: dict | None, max_diff: float = MAX_DIFF) -> tuple[int, ...] | None:

@@ -21,13 +21,11 @@ after a warm-up (which includes torch.compile and CUDA-graph capture in the fast
 Modes: "eager" (train.compile and train.cuda_graphs off) and "fast" (torch.compile, and CUDA
 graphs on CUDA). With the fast mode it first checks, on a small fp32 run, that the fast path
 trains exactly as the eager one (`fast_path_check`; the GPU job trains fast only if it passes).
-After each measurement the result so far goes to stderr (`PARTIAL`), for a caller that may
+After each measurement the result so far goes to stderr (`so_far`), for a caller that may
 have to stop the bench. The numbers of one device only compare with the same device's.
 """
 from __future__ import annotations
 
-import json
-import sys
 import time
 from contextlib import contextmanager
 from typing import Iterator
@@ -38,6 +36,7 @@ from torch.profiler import ProfilerActivity
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
+from hrm_agent.bench import so_far
 from hrm_agent.experiment import ExperimentConfig, load_profile
 from hrm_agent.graphs import WARMUP, CUDAGraphed
 from hrm_agent.trainer import PATHS, Trainer
@@ -318,20 +317,6 @@ def check_fused_swiglu_bf16(device: torch.device, tokens: int = 8 * 122) -> dict
             "ok": all(f <= 1.2 * e for f, e in zip(error["fused"], error["eager"]))}
 
 
-PARTIAL = "bench train, so far: "  # stderr lines: the result after each measurement
-
-
-def _so_far(result: dict) -> None:
-    """The result so far on stderr, so a caller that must stop the bench keeps what it measured."""
-    print(PARTIAL + json.dumps(result), file=sys.stderr, flush=True)
-
-
-def last_partial(stderr: str) -> dict | None:
-    """The last result-so-far a bench wrote to `stderr`, if any."""
-    lines = [line for line in stderr.splitlines() if line.startswith(PARTIAL)]
-    return json.loads(lines[-1][len(PARTIAL):]) if lines else None
-
-
 def run(quick: bool = False, profiles: list[str] | None = None, modes: list[str] | None = None
         ) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -351,7 +336,7 @@ def run(quick: bool = False, profiles: list[str] | None = None, modes: list[str]
             if mode == "fused":
                 swiglu = check["swiglu_bf16"] = check_fused_swiglu_bf16(device)
                 check["ok"] = check["ok"] and swiglu["ok"]
-        _so_far(result)
+        so_far(result)
     for name in profiles or PROFILES:
         paper = name.startswith("paper")
         base = load_profile(name, [f"train.device='{device.type}'", *mode_overrides("eager")])
@@ -367,5 +352,5 @@ def run(quick: bool = False, profiles: list[str] | None = None, modes: list[str]
             effective = traffic * timing["optimizer_steps_per_s"] / 1e9
             row[mode] = {**timing, "effective_GBps": round(effective, 1),
                          "fraction_of_copy_roofline": round(effective / copy, 3)}
-            _so_far(result)
+            so_far(result)
     return result

@@ -28,6 +28,29 @@ def tiny_config(*overrides: str, profile: str = "paper-fourrooms"):
     return load_profile(profile, [*TINY, *overrides])
 
 
+def hrm_twins(device: str, **config):
+    """A small HRM (its config: seq_len 15, hidden 32, 2 heads, with `config`) and a copy of it
+    with the same weights, for a variant to be compared with the original."""
+    from hrm_agent.models.hrm import HRMConfig, HRMQNetwork
+
+    torch.manual_seed(0)
+    config = HRMConfig(**{"seq_len": 15, "hidden_size": 32, "num_heads": 2, **config})
+    original, twin = HRMQNetwork(config).to(device), HRMQNetwork(config).to(device)
+    twin.load_state_dict(original.state_dict())
+    return original, twin
+
+
+def segment_q_and_gradients(net, inputs: torch.Tensor) -> list[torch.Tensor]:
+    """Q of one training segment (from the initial carry, z_H moved off H_init) and every
+    parameter's gradient of a loss on it."""
+    from hrm_agent.models.base import Carry
+
+    carry = net.carry_from_seed(net.init_seed(inputs.shape[0]))
+    _, q = net.segment(Carry(carry.z_H + 0.1, carry.z_L), inputs)
+    q.square().sum().backward()
+    return [q, *(p.grad for p in net.parameters() if p.grad is not None)]
+
+
 def compile_for_h100(script: str, cache_dir, *args: str) -> str:
     """What `script` prints, run in a fresh process without the interpreter (under it,
     triton.jit makes no compilable kernels), with its own Triton cache: Triton's compiler and

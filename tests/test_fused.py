@@ -16,9 +16,8 @@ from hrm_agent.bench.train import CHECK, check_fast_path, check_fused_bf16  # no
 from hrm_agent.experiment import load_profile  # noqa: E402
 from hrm_agent.models import fused  # noqa: E402
 from hrm_agent.models.hrm import HRMConfig, HRMQNetwork  # noqa: E402
-from hrm_agent.models.base import Carry  # noqa: E402
 from hrm_agent.trainer import PATHS, Trainer  # noqa: E402
-from tests.conftest import compile_for_h100  # noqa: E402
+from tests.conftest import compile_for_h100, hrm_twins, segment_q_and_gradients  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -75,25 +74,18 @@ def test_in_bf16_the_fused_blocks_are_as_close_to_fp32_as_the_eager_blocks():
 def test_a_segment_with_fused_blocks_has_the_eager_q_and_gradients():
     """Training: the gradient-free updates run fused, the last L and H updates eagerly with
     gradient (HRM's 1-step gradient), so Q and every gradient are the eager segment's."""
-    torch.manual_seed(0)
-    config = HRMConfig(seq_len=15, hidden_size=32, num_heads=2, H_layers=2, L_layers=2)
-    eager = HRMQNetwork(config).to(DEVICE)
-    model = HRMQNetwork(config).to(DEVICE)
-    model.load_state_dict(eager.state_dict())
+    eager, model = hrm_twins(DEVICE, H_layers=2, L_layers=2)
     model.use_fused_blocks()
     inputs = torch.randint(0, 131, (4, 15), device=DEVICE)
-    grads = []
+    results = []
     for net in (eager, model):
-        carry = net.carry_from_seed(net.init_seed(4))
-        carry, q = net.segment(Carry(carry.z_H + 0.1, carry.z_L), inputs)
-        q.square().sum().backward()
-        grads.append([p.grad for p in net.parameters() if p.grad is not None])
+        results.append(segment_q_and_gradients(net, inputs))
         with torch.no_grad():
             # a gradient-free segment (acting's), all fused: one, as the 8-segment recurrence
             # amplifies rounding ~5x per segment
-            grads[-1].append(net(inputs, net.init_seed(4), segments=1).q)
-    assert len(grads[0]) == len(grads[1]) > 10
-    for got, expected in zip(grads[1], grads[0]):
+            results[-1].append(net(inputs, net.init_seed(4), segments=1).q)
+    assert len(results[0]) == len(results[1]) > 10
+    for got, expected in zip(results[1], results[0]):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 

@@ -10,11 +10,9 @@ pytest.importorskip("triton")
 from hrm_agent.bench.train import CHECK, check_fused_swiglu_bf16  # noqa: E402
 from hrm_agent.experiment import load_profile  # noqa: E402
 from hrm_agent.models import fused_swiglu  # noqa: E402
-from hrm_agent.models.base import Carry  # noqa: E402
-from hrm_agent.models.hrm import HRMConfig, HRMQNetwork  # noqa: E402
 from hrm_agent.models.layers import SwiGLU  # noqa: E402
 from hrm_agent.trainer import PATHS, Trainer  # noqa: E402
-from tests.conftest import compile_for_h100  # noqa: E402
+from tests.conftest import compile_for_h100, hrm_twins, segment_q_and_gradients  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -71,19 +69,10 @@ def test_compiled_the_fused_swiglu_is_an_opaque_op_with_its_own_backward():
 def test_an_hrm_segment_with_the_fused_swiglu_has_the_eager_q_and_gradients():
     """In the HRM (every SwiGLU of both levels fused; a training segment's gradient flows through
     the last L and H updates' SwiGLUs), Q and every gradient are the eager segment's."""
-    torch.manual_seed(0)
-    config = HRMConfig(seq_len=15, hidden_size=32, num_heads=2, H_layers=1, L_layers=1)
-    eager = HRMQNetwork(config).to(DEVICE)
-    model = HRMQNetwork(config).to(DEVICE)
-    model.load_state_dict(eager.state_dict())
+    eager, model = hrm_twins(DEVICE, H_layers=1, L_layers=1)
     fused_swiglu.use_fused_swiglu(model)
     inputs = torch.randint(0, 131, (2, 15), device=DEVICE)
-    results = []
-    for net in (eager, model):
-        carry = net.carry_from_seed(net.init_seed(2))
-        _, q = net.segment(Carry(carry.z_H + 0.1, carry.z_L), inputs)
-        q.square().sum().backward()
-        results.append([q, *(p.grad for p in net.parameters() if p.grad is not None)])
+    results = [segment_q_and_gradients(net, inputs) for net in (eager, model)]
     assert len(results[0]) == len(results[1]) > 10
     for got, expected in zip(results[1], results[0]):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)

@@ -122,14 +122,19 @@ def can_compile(device: torch.device, asked: str) -> bool:
     return reason is None
 
 
+def wanted(setting: str, device: torch.device) -> bool:
+    """Whether an execution setting ("on", "off" or "auto") is on for `device`: "auto" means on
+    on CUDA, off on a CPU."""
+    return setting == "on" or (setting == "auto" and device.type == "cuda")
+
+
 def fast_path(tc: TrainConfig, device: torch.device) -> tuple[bool, bool]:
-    """(torch.compile, CUDA graphs) for this run: "auto" means on on CUDA, off on a CPU, and
-    torch.compile is off where it cannot run (`can_compile`)."""
+    """(torch.compile, CUDA graphs) for this run (`wanted`), torch.compile off where it cannot
+    run (`can_compile`)."""
     if tc.cuda_graphs == "on" and device.type != "cuda":
         raise ValueError(f"train.cuda_graphs='on' needs a CUDA device, the run is on {device.type}")
-    on = lambda mode: mode == "on" or (mode == "auto" and device.type == "cuda")  # noqa: E731
-    compiled = on(tc.compile) and can_compile(device, f"train.compile is {tc.compile!r}")
-    return compiled, on(tc.cuda_graphs)
+    compiled = wanted(tc.compile, device) and can_compile(device, f"train.compile is {tc.compile!r}")
+    return compiled, wanted(tc.cuda_graphs, device)
 
 
 class Stopwatch:
@@ -178,9 +183,9 @@ class Trainer:
         self.replay = ReplayBuffer(tc.buffer_capacity, self.device, seed=tc.seed + 1,
                                    stride=self.env.num_envs)
         self.generator = torch.Generator(self.device).manual_seed(tc.seed + 2)  # exploration
-        if tc.fused_blocks == "on" or (tc.fused_blocks == "auto" and self.device.type == "cuda"):
+        if wanted(tc.fused_blocks, self.device):
             self._use_fused_blocks(tc.fused_blocks == "on")
-        if tc.fused_swiglu == "on" or (tc.fused_swiglu == "auto" and self.device.type == "cuda"):
+        if wanted(tc.fused_swiglu, self.device):
             self._use_fused_swiglu(tc.fused_swiglu == "on")
         self.compiled, self.graphed = fast_path(tc, self.device)
         if self.compiled:
@@ -465,14 +470,11 @@ class Trainer:
         make = functools.partial(
             make_optimizers, self.model, lr=tc.lr, weight_decay=tc.weight_decay,
             betas=(tc.beta1, tc.beta2), task_lr=tc.task_lr, task_weight_decay=tc.task_weight_decay)
-        if tc.fused_optimizer == "on" or (tc.fused_optimizer == "auto" and self.device.type == "cuda"):
-            try:
-                return make(fused=True)
-            except ValueError as exc:
-                if tc.fused_optimizer == "on":
-                    raise
-                warnings.warn(f"train.fused_optimizer is 'auto', but {exc}: it is off (the same "
-                              "update, more kernels)", RuntimeWarning, stacklevel=3)
+        if wanted(tc.fused_optimizer, self.device):
+            optimizers = self._try_kernels("fused_optimizer", tc.fused_optimizer == "on",
+                                           lambda: make(fused=True))
+            if optimizers:
+                return optimizers
         return make(fused=False)
 
     def _use_fused_blocks(self, asked: bool) -> None:
@@ -483,7 +485,8 @@ class Trainer:
                 raise ValueError("train.fused_blocks needs the HRM, the model is "
                                  f"{self.config.model.kind!r}")
             return
-        self._use_kernels("fused_blocks", asked, lambda net: net.use_fused_blocks())
+        self._try_kernels("fused_blocks", asked, lambda: [
+            net.use_fused_blocks() for net in (self.model, self.target)])  # both can, or neither
 
     def _use_fused_swiglu(self, asked: bool) -> None:
         """The SwiGLUs' hidden layers in Triton in both nets, as `_use_fused_blocks` (the CNN and
@@ -494,26 +497,28 @@ class Trainer:
                                  f"{self.config.model.kind!r}")
             return
 
-        def use(net: torch.nn.Module) -> None:
+        def use() -> None:
             try:
                 from hrm_agent.models.fused_swiglu import use_fused_swiglu
             except ImportError as exc:
                 raise ValueError(f"the fused SwiGLU needs triton: {exc}") from None
-            use_fused_swiglu(net)
-
-        self._use_kernels("fused_swiglu", asked, use)
-
-    def _use_kernels(self, setting: str, asked: bool, use) -> None:
-        """`use(net)` on both nets; where the kernels cannot run, an error if `asked`, else a
-        warning and PyTorch's ops."""
-        try:
             for net in (self.model, self.target):  # the same config: both can, or neither
-                use(net)
+                use_fused_swiglu(net)
+
+        self._try_kernels("fused_swiglu", asked, use)
+
+    def _try_kernels(self, setting: str, asked: bool, use):
+        """`use()`, which puts one of our Triton kernels to work; where it cannot run, its
+        ValueError if `asked` ("on"), else ("auto") a warning and None: the run goes on with
+        PyTorch's ops, the same computation, slower."""
+        try:
+            return use()
         except ValueError as exc:
             if asked:
                 raise
-            warnings.warn(f"train.{setting} is 'auto', but {exc}: they are off (the same "
+            warnings.warn(f"train.{setting} is 'auto', but {exc}: it is off (the same "
                           "computation, slower)", RuntimeWarning, stacklevel=4)
+            return None
 
     def save(self) -> Path | None:
         if self.out_dir is None:

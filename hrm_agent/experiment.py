@@ -104,6 +104,9 @@ class TrainConfig:
     # the SwiGLUs' hidden layer as one Triton kernel forward and one backward, which never store
     # the gate/up output; "auto": on CUDA, where triton runs the model's SwiGLUs
     fused_swiglu: Literal["auto", "on", "off"] = "auto"
+    # RoPE attention as one Triton kernel forward and two backward, from the qkv projection to
+    # o_proj's input; "auto": on CUDA, where triton runs the model's attention
+    fused_attention: Literal["auto", "on", "off"] = "auto"
 
     def __post_init__(self):
         positive = ["total_steps", "n_step", "batch_size", "buffer_capacity", "env_steps_per_batch",

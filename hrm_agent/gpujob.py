@@ -81,7 +81,8 @@ TOY = ["model.hidden_size=32", "model.H_layers=1", "model.L_layers=1", "model.se
 BENCH_TIMEOUT_S = 360
 # The modes of `PATHS` with our kernels, in the order the job tries them (all of them, then the
 # fused blocks alone, as an H100 trained on them), and what they run.
-FUSED = {"fused": "the fused blocks, AdamATan2 and SwiGLU", "fused-blocks": "the fused blocks"}
+FUSED = {"fused": "the fused blocks, AdamATan2, SwiGLU and attention",
+         "fused-blocks": "the fused blocks"}
 TILINGS_TIMEOUT_S = 300  # `bench fused`: its tilings compile in parallel, then ~10 s each
 MIN_RUN_S = 30  # a run starts (or, its path failed, restarts a step down) only with this much time left
 # The runs get SIGTERM STOP_S before the budget's end (a paper run checkpointed and exited within
@@ -127,6 +128,7 @@ def report() -> dict[str, Any]:
 # Training code the job's process never imports (a run imports it when it asks for it).
 LAZY = {"hrm_agent.models.fused": Path(__file__).parent / "models" / "fused.py",
         "hrm_agent.models.fused_swiglu": Path(__file__).parent / "models" / "fused_swiglu.py",
+        "hrm_agent.models.fused_attention": Path(__file__).parent / "models" / "fused_attention.py",
         "hrm_agent.fused_optim": Path(__file__).parent / "fused_optim.py"}
 
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import json
 import math
 import os
@@ -47,7 +48,7 @@ from hrm_agent.evaluate import evaluate
 from hrm_agent.experiment import ExperimentConfig, TrainConfig, experiment_from_dict, load_profile
 from hrm_agent.graphs import CUDAGraphed
 from hrm_agent.models import QNetwork, Seed, build_model
-from hrm_agent.models.layers import SwiGLU
+from hrm_agent.models.layers import Attention, SwiGLU
 from hrm_agent.optim import make_optimizers, set_lr
 from hrm_agent.replay import ReplayBuffer
 from hrm_agent.schedules import linear_schedule, warmup_constant
@@ -61,7 +62,12 @@ DEFAULT_PROFILE = "cpu-fourrooms"
 # checkpoint's tensors.
 EXTENDABLE = ("train.total_steps", "train.max_minutes", "train.num_threads", "train.compile",
               "train.cuda_graphs", "train.fused_blocks", "train.fused_optimizer",
-              "train.fused_swiglu", "model.attn_backend")
+              "train.fused_swiglu", "train.fused_attention", "model.attn_backend")
+
+
+# Our kernels for layers of the blocks that carry gradient: train setting (and module of
+# hrm_agent.models, with its `use_<setting>(model)`) -> (the layer they run, its name)
+LAYER_KERNELS = {"fused_swiglu": (SwiGLU, "fused SwiGLU"), "fused_attention": (Attention, "fused attention")}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -75,12 +81,13 @@ def resolve_device(name: str) -> torch.device:
 # The training paths as --set overrides (`bench train`'s modes, `gpu-job --fast`): "fast" is
 # torch.compile plus, on CUDA, CUDA graphs; "fused" is "fast" with every Triton kernel of our own:
 # the HRM's gradient-free updates as one kernel per block (`models/fused.py`), AdamATan2's update
-# as one per parameter (`fused_optim.py`) and the SwiGLUs' hidden layer (`fused_swiglu.py`);
+# as one per parameter (`fused_optim.py`), and in the blocks that carry gradient the SwiGLUs'
+# hidden layer (`fused_swiglu.py`) and RoPE attention (`fused_attention.py`);
 # "fused-blocks" with the block kernels only, as an H100 trained on them (the GPU job's
 # fallback, should "fused" fail its check). CUDA only.
 PATHS = {mode: [f"train.compile='{compiled}'", f"train.cuda_graphs='{graphs}'",
                 f"train.fused_blocks='{blocks}'", f"train.fused_optimizer='{others}'",
-                f"train.fused_swiglu='{others}'"]
+                f"train.fused_swiglu='{others}'", f"train.fused_attention='{others}'"]
          for mode, compiled, graphs, blocks, others in (
              ("eager", "off", "off", "off", "off"), ("fast", "on", "auto", "off", "off"),
              ("fused-blocks", "on", "auto", "on", "off"), ("fused", "on", "auto", "on", "on"))}
@@ -185,8 +192,9 @@ class Trainer:
         self.generator = torch.Generator(self.device).manual_seed(tc.seed + 2)  # exploration
         if wanted(tc.fused_blocks, self.device):
             self._use_fused_blocks(tc.fused_blocks == "on")
-        if wanted(tc.fused_swiglu, self.device):
-            self._use_fused_swiglu(tc.fused_swiglu == "on")
+        for setting in LAYER_KERNELS:
+            if wanted(getattr(tc, setting), self.device):
+                self._use_layer_kernels(setting, getattr(tc, setting) == "on")
         self.compiled, self.graphed = fast_path(tc, self.device)
         if self.compiled:
             # A fresh start for dynamo: the compiled variants of earlier runs in this process
@@ -488,24 +496,25 @@ class Trainer:
         self._try_kernels("fused_blocks", asked, lambda: [
             net.use_fused_blocks() for net in (self.model, self.target)])  # both can, or neither
 
-    def _use_fused_swiglu(self, asked: bool) -> None:
-        """The SwiGLUs' hidden layers in Triton in both nets, as `_use_fused_blocks` (the CNN and
-        MLP baselines have none)."""
-        if not any(isinstance(module, SwiGLU) for module in self.model.modules()):
+    def _use_layer_kernels(self, setting: str, asked: bool) -> None:
+        """One of `LAYER_KERNELS` in both nets, as `_use_fused_blocks` (the CNN and MLP
+        baselines have no such layers)."""
+        layer, name = LAYER_KERNELS[setting]
+        if not any(isinstance(module, layer) for module in self.model.modules()):
             if asked:
-                raise ValueError("train.fused_swiglu needs a model with SwiGLU blocks, the model is "
-                                 f"{self.config.model.kind!r}")
+                raise ValueError(f"train.{setting} needs a model with {layer.__name__} layers, "
+                                 f"the model is {self.config.model.kind!r}")
             return
 
         def use() -> None:
             try:
-                from hrm_agent.models.fused_swiglu import use_fused_swiglu
+                module = importlib.import_module(f"hrm_agent.models.{setting}")
             except ImportError as exc:
-                raise ValueError(f"the fused SwiGLU needs triton: {exc}") from None
+                raise ValueError(f"the {name} needs triton: {exc}") from None
             for net in (self.model, self.target):  # the same config: both can, or neither
-                use_fused_swiglu(net)
+                getattr(module, f"use_{setting}")(net)
 
-        self._try_kernels("fused_swiglu", asked, use)
+        self._try_kernels(setting, asked, use)
 
     def _try_kernels(self, setting: str, asked: bool, use):
         """`use()`, which puts one of our Triton kernels to work; where it cannot run, its

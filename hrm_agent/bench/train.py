@@ -289,27 +289,31 @@ def check_fused_bf16(device: torch.device, seq_len: int = 121, batch: int = 8) -
             "ok": fused.dtype == torch.bfloat16 and error["fused"] <= 1.2 * error["eager"]}
 
 
-def check_fused_swiglu_bf16(device: torch.device, tokens: int = 8 * 122) -> dict:
-    """The fused SwiGLU in bf16, which the fp32 CHECK run does not exercise either: a paper-size
-    SwiGLU's output and gradients (at x and both weights) against fp32, fused and eager, each
-    through autocast. ok: fused no worse than eager by 20% on every one of them."""
+def check_fused_layers_bf16(device: torch.device, seq_len: int = 122, batch: int = 8) -> dict:
+    """The fused attention and SwiGLU in bf16, which the fp32 CHECK run does not exercise either:
+    a paper-size block's output and gradients (at x and at its four weights) against fp32, with
+    our kernels and eager, each through autocast. ok: ours no worse than eager by 20% on every
+    one of them."""
+    from hrm_agent.models.fused_attention import use_fused_attention
     from hrm_agent.models.fused_swiglu import use_fused_swiglu
-    from hrm_agent.models.layers import SwiGLU
+    from hrm_agent.models.layers import Block, RotaryEmbedding, sequence_angles
 
     torch.manual_seed(0)
-    modules = {name: SwiGLU(64, 4.0).to(device) for name in ("exact", "eager", "fused")}
-    for module in modules.values():
-        module.load_state_dict(modules["exact"].state_dict())
-    use_fused_swiglu(modules["fused"])
-    x = torch.randn(tokens, 64, device=device)
+    blocks = {name: Block(64, 2, 4.0, "auto").to(device) for name in ("exact", "eager", "fused")}
+    for block in blocks.values():
+        block.load_state_dict(blocks["exact"].state_dict())
+    use_fused_attention(blocks["fused"])
+    use_fused_swiglu(blocks["fused"])
+    rope = RotaryEmbedding(sequence_angles(32, seq_len, 10_000.0)).to(device)
+    x = torch.randn(batch, seq_len, 64, device=device)
     results = {}
-    for name, module in modules.items():
+    for name, block in blocks.items():
         xi = x.clone().requires_grad_()
+        dtype = torch.float32 if name == "exact" else torch.bfloat16
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=name != "exact"):
-            y = module(xi if name == "exact" else xi.bfloat16())
+            y = block(xi.to(dtype), rope.tables(dtype))
         y.float().square().mean().backward()
-        results[name] = [y.float(), xi.grad, module.gate_up_proj.weight.grad,
-                         module.down_proj.weight.grad]
+        results[name] = [y.float(), xi.grad, *(p.grad for p in block.parameters())]
     error = {name: [(got - exact).abs().mean().item()
                     for got, exact in zip(results[name], results["exact"])]
              for name in ("eager", "fused")}
@@ -334,8 +338,8 @@ def run(quick: bool = False, profiles: list[str] | None = None, modes: list[str]
                 bf16 = check["bf16"] = bf16 or check_fused_bf16(device)
                 check["ok"] = check["ok"] and bf16["ok"]
             if mode == "fused":
-                swiglu = check["swiglu_bf16"] = check_fused_swiglu_bf16(device)
-                check["ok"] = check["ok"] and swiglu["ok"]
+                layers = check["layers_bf16"] = check_fused_layers_bf16(device)
+                check["ok"] = check["ok"] and layers["ok"]
         so_far(result)
     for name in profiles or PROFILES:
         paper = name.startswith("paper")

@@ -39,7 +39,8 @@ def _output_and_gradients(module, x, rope, dtype, fn=None):
 
 @pytest.mark.parametrize("angles", ["1d", "2d"])
 def test_the_fused_attention_computes_the_eager_attention_and_its_gradients(angles):
-    """70 positions: two tiles of 64, the second mostly past the end; both RoPEs. (In bf16 the
+    """70 positions: two tiles of 64, the second mostly past the end; both RoPEs (the weight
+    gradients sum over 140 tokens in another order than eager's: atol 5e-5). (In bf16 the
     eager math rounds the scores to bf16, flash attention and the kernels do not: bf16 is
     checked against fp32, as the GPU job checks it, below.)"""
     eager, fused = _eager_and_fused()
@@ -48,7 +49,7 @@ def test_the_fused_attention_computes_the_eager_attention_and_its_gradients(angl
     x = torch.randn(2, 70, 64, device=DEVICE)
     expected = _output_and_gradients(eager, x, rope, torch.float32)
     for got, want in zip(_output_and_gradients(fused, x, rope, torch.float32), expected):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=5e-5)
 
 
 def test_in_bf16_a_block_with_the_fused_attention_and_swiglu_is_as_close_to_fp32_as_eager():
@@ -68,7 +69,7 @@ def test_compiled_the_fused_attention_is_an_opaque_op_with_its_own_backward():
     compiled = torch.compile(lambda x, tables: fused(x, tables))
     expected = _output_and_gradients(eager, x, rope, torch.float32)
     for got, want in zip(_output_and_gradients(fused, x, rope, torch.float32, compiled), expected):
-        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=5e-5)
 
 
 def test_an_hrm_segment_with_the_fused_attention_has_the_eager_q_and_gradients():

@@ -3,7 +3,7 @@
 A training segment's last L and H updates carry gradient, so their 8 blocks run as PyTorch ops
 (the gradient-free ones run in `fused.py`'s kernel). Their attention is a chain of small passes
 over tensors of the whole batch: RoPE of q and k, SDPA's forward; backward, SDPA's (cuDNN's
-flash backward at the paper's head size of 32, ~29 us a call on an H100, for ~1 GFLOP), RoPE's,
+flash backward at the paper's head size of 32, ~29 us a call on an H100, for ~2.5 GFLOP), RoPE's,
 and the stack of dq, dk, dv into the gradient at qkv. `rope_attention` takes the qkv
 projection as it comes, (B, S, 3·D), and writes the attention output as o_proj reads it,
 (B, S, D): one kernel forward (RoPE inside, an online softmax over key tiles, as flash

@@ -65,9 +65,12 @@ EXTENDABLE = ("train.total_steps", "train.max_minutes", "train.num_threads", "tr
               "train.fused_swiglu", "train.fused_attention", "model.attn_backend")
 
 
-# Our kernels for layers of the blocks that carry gradient: train setting (and module of
-# hrm_agent.models, with its `use_<setting>(model)`) -> (the layer they run, its name)
-LAYER_KERNELS = {"fused_swiglu": (SwiGLU, "fused SwiGLU"), "fused_attention": (Attention, "fused attention")}
+# Our kernels for layers of the blocks that carry gradient, by train setting: the layer they
+# run, their name, and the function that puts them in a model (its module imports triton).
+LAYER_KERNELS = {
+    "fused_swiglu": (SwiGLU, "fused SwiGLU", "hrm_agent.models.fused_swiglu.use_fused_swiglu"),
+    "fused_attention": (Attention, "fused attention",
+                        "hrm_agent.models.fused_attention.use_fused_attention")}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -499,7 +502,7 @@ class Trainer:
     def _use_layer_kernels(self, setting: str, asked: bool) -> None:
         """One of `LAYER_KERNELS` in both nets, as `_use_fused_blocks` (the CNN and MLP
         baselines have no such layers)."""
-        layer, name = LAYER_KERNELS[setting]
+        layer, name, use_in = LAYER_KERNELS[setting]
         if not any(isinstance(module, layer) for module in self.model.modules()):
             if asked:
                 raise ValueError(f"train.{setting} needs a model with {layer.__name__} layers, "
@@ -507,12 +510,13 @@ class Trainer:
             return
 
         def use() -> None:
+            module, function = use_in.rsplit(".", 1)
             try:
-                module = importlib.import_module(f"hrm_agent.models.{setting}")
+                use_kernels = getattr(importlib.import_module(module), function)
             except ImportError as exc:
                 raise ValueError(f"the {name} needs triton: {exc}") from None
             for net in (self.model, self.target):  # the same config: both can, or neither
-                getattr(module, f"use_{setting}")(net)
+                use_kernels(net)
 
         self._try_kernels(setting, asked, use)
 

@@ -44,7 +44,8 @@ def _table(t_ptr, rows, cols, S: tl.constexpr, HD: tl.constexpr, DT: tl.constexp
 @triton.jit
 def _load(ptr, base, rows, cols, S: tl.constexpr, LD: tl.constexpr):
     """Rows `rows` (zeros past S), columns `cols` of a (S, LD) slab at ptr + base, in fp32."""
-    x = tl.load(ptr + base + rows[:, None] * LD + cols[None, :], mask=(rows < S)[:, None], other=0.0)
+    x = tl.load(ptr + base + rows[:, None] * LD + cols[None, :], mask=(rows < S)[:, None],
+                other=0.0)
     return x.to(tl.float32)
 
 

@@ -109,6 +109,20 @@ def _load_table(t_ptr, rows, c, S: tl.constexpr, HD: tl.constexpr):
 
 
 @triton.jit
+def _softmax_step(q, k, v, keys, top, total, out, sm_scale, S: tl.constexpr, DT: tl.constexpr,
+                  IEEE: tl.constexpr):
+    """Queries q against one tile of keys k (at `keys`; past S masked) and values v, as flash
+    attention's online softmax: the running max of the scores, the sum of their exponentials
+    and the output's numerator, each rescaled to the new max."""
+    scores = _mm(q, tl.trans(k), DT, IEEE) * sm_scale
+    scores = tl.where((keys < S)[None, :], scores, float("-inf"))
+    new_top = tl.maximum(top, tl.max(scores, axis=1))
+    p = tl.exp(scores - new_top[:, None])
+    scale = tl.exp(top - new_top)
+    return new_top, total * scale + tl.sum(p, axis=1), out * scale[:, None] + _mm(p, v, DT, IEEE)
+
+
+@triton.jit
 def _attention_by_head(x, x_ptr, inj_ptr, base, rows, wqkv_ptr, wo_ptr, cos_ptr, sin_ptr,
                        sm_scale, S: tl.constexpr, D: tl.constexpr, HEADS: tl.constexpr,
                        HAS_INJ: tl.constexpr, IEEE: tl.constexpr, BLOCK_M: tl.constexpr,
@@ -131,14 +145,7 @@ def _attention_by_head(x, x_ptr, inj_ptr, base, rows, wqkv_ptr, wo_ptr, cos_ptr,
             cos_k, sin_k = _load_table(cos_ptr, keys, j, S, HD), _load_table(sin_ptr, keys, j, S, HD)
             k = _rope(x_k, wqkv_ptr, D + h * HD, j, d, cos_k, sin_k, D, HD, DT, IEEE)
             v = _mm(x_k, _load_t(wqkv_ptr, 2 * D + h * HD, j, d, D), DT, IEEE)
-            scores = _mm(q, tl.trans(k), DT, IEEE) * sm_scale
-            scores = tl.where((keys < S)[None, :], scores, float("-inf"))
-            new_top = tl.maximum(top, tl.max(scores, axis=1))
-            p = tl.exp(scores - new_top[:, None])
-            scale = tl.exp(top - new_top)
-            total = total * scale + tl.sum(p, axis=1)
-            out = out * scale[:, None] + _mm(p, v, DT, IEEE)
-            top = new_top
+            top, total, out = _softmax_step(q, k, v, keys, top, total, out, sm_scale, S, DT, IEEE)
         attn += _mm(out / total[:, None], _load_t(wo_ptr, 0, d, h * HD + j, D), DT, IEEE)
     return attn
 

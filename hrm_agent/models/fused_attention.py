@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from hrm_agent.models.fused import INTERPRET, _mm, _partner, _round
+from hrm_agent.models.fused import INTERPRET, _mm, _partner, _round, _softmax_step
 
 BLOCK_M, BLOCK_N = 64, 64  # query rows, key rows of a program's tiles
 
@@ -74,6 +74,14 @@ def _unrotate(grad, grad_partner, rows, j, cos_ptr, sin_ptr, S: tl.constexpr, HD
 
 
 @triton.jit
+def _sequence_and_head(S: tl.constexpr, HEADS: tl.constexpr, D: tl.constexpr):
+    """Program axis 0, b·HEADS + h: (it, b, h, sequence b's offset in qkv, and in the output)."""
+    bh = tl.program_id(0)
+    b = bh // HEADS
+    return bh, b, bh % HEADS, b.to(tl.int64) * S * 3 * D, b.to(tl.int64) * S * D
+
+
+@triton.jit
 def _forward_kernel(qkv_ptr, cos_ptr, sin_ptr, out_ptr, lse_ptr, sm_scale, S: tl.constexpr,
                     HEADS: tl.constexpr, HD: tl.constexpr, IEEE: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
@@ -81,8 +89,7 @@ def _forward_kernel(qkv_ptr, cos_ptr, sin_ptr, out_ptr, lse_ptr, sm_scale, S: tl
     of sequence b; writes its output and the rows' log-sum-exp of scores (the backward's P)."""
     DT: tl.constexpr = qkv_ptr.dtype.element_ty
     D: tl.constexpr = HEADS * HD
-    b, h = tl.program_id(0) // HEADS, tl.program_id(0) % HEADS
-    base = b.to(tl.int64) * S * 3 * D
+    bh, b, h, base, out_base = _sequence_and_head(S, HEADS, D)
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     j = tl.arange(0, HD)
     q = _rotated(qkv_ptr, base, rows, j, h * HD, cos_ptr, sin_ptr, S, HD, D, DT)
@@ -93,18 +100,11 @@ def _forward_kernel(qkv_ptr, cos_ptr, sin_ptr, out_ptr, lse_ptr, sm_scale, S: tl
         keys = n0 + tl.arange(0, BLOCK_N)
         k = _rotated(qkv_ptr, base, keys, j, D + h * HD, cos_ptr, sin_ptr, S, HD, D, DT)
         v = _load(qkv_ptr, base, keys, 2 * D + h * HD + j, S, 3 * D)
-        scores = _mm(q, tl.trans(k), DT, IEEE) * sm_scale
-        scores = tl.where((keys < S)[None, :], scores, float("-inf"))
-        new_top = tl.maximum(top, tl.max(scores, axis=1))
-        p = tl.exp(scores - new_top[:, None])
-        scale = tl.exp(top - new_top)
-        total = total * scale + tl.sum(p, axis=1)
-        out = out * scale[:, None] + _mm(p, v, DT, IEEE)
-        top = new_top
+        top, total, out = _softmax_step(q, k, v, keys, top, total, out, sm_scale, S, DT, IEEE)
     mask = rows < S
-    tl.store(out_ptr + b.to(tl.int64) * S * D + rows[:, None] * D + h * HD + j[None, :],
+    tl.store(out_ptr + out_base + rows[:, None] * D + h * HD + j[None, :],
              (out / total[:, None]).to(DT), mask=mask[:, None])
-    tl.store(lse_ptr + tl.program_id(0).to(tl.int64) * S + rows, top + tl.log(total), mask=mask)
+    tl.store(lse_ptr + bh.to(tl.int64) * S + rows, top + tl.log(total), mask=mask)
 
 
 @triton.jit
@@ -141,9 +141,7 @@ def _backward_kv_kernel(qkv_ptr, cos_ptr, sin_ptr, out_ptr, dout_ptr, lse_ptr, d
     [n·BLOCK_N, (n+1)·BLOCK_N) of sequence b, over all query tiles."""
     DT: tl.constexpr = qkv_ptr.dtype.element_ty
     D: tl.constexpr = HEADS * HD
-    bh = tl.program_id(0)
-    b, h = bh // HEADS, bh % HEADS
-    base, out_base = b.to(tl.int64) * S * 3 * D, b.to(tl.int64) * S * D
+    bh, b, h, base, out_base = _sequence_and_head(S, HEADS, D)
     keys = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
     j = tl.arange(0, HD)
     k = _rotated(qkv_ptr, base, keys, j, D + h * HD, cos_ptr, sin_ptr, S, HD, D, DT)
@@ -175,9 +173,7 @@ def _backward_q_kernel(qkv_ptr, cos_ptr, sin_ptr, out_ptr, dout_ptr, lse_ptr, dq
     [m·BLOCK_M, (m+1)·BLOCK_M) of sequence b, over all key tiles."""
     DT: tl.constexpr = qkv_ptr.dtype.element_ty
     D: tl.constexpr = HEADS * HD
-    bh = tl.program_id(0)
-    b, h = bh // HEADS, bh % HEADS
-    base, out_base = b.to(tl.int64) * S * 3 * D, b.to(tl.int64) * S * D
+    bh, b, h, base, out_base = _sequence_and_head(S, HEADS, D)
     rows = tl.program_id(1) * BLOCK_M + tl.arange(0, BLOCK_M)
     j = tl.arange(0, HD)
     q, q_partner, do, delta, lse = _query_tile(qkv_ptr, out_ptr, dout_ptr, lse_ptr, cos_ptr,

@@ -84,6 +84,23 @@ def test_an_hrm_segment_with_the_fused_attention_has_the_eager_q_and_gradients()
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
+def test_a_compiled_segment_with_all_our_kernels_has_the_eager_q_and_gradients():
+    """As the fused mode trains: torch.compile's segment with the fused blocks (gradient-free
+    updates) and the fused attention and SwiGLU (the updates with gradient) as opaque ops."""
+    from hrm_agent.models import fused_swiglu
+
+    eager, model = hrm_twins(DEVICE, H_layers=2, L_layers=2)
+    model.use_fused_blocks()
+    fused_attention.use_fused_attention(model)
+    fused_swiglu.use_fused_swiglu(model)
+    model.compile()
+    inputs = torch.randint(0, 131, (4, 15), device=DEVICE)
+    results = [segment_q_and_gradients(net, inputs) for net in (eager, model)]
+    assert len(results[0]) == len(results[1]) > 10
+    for got, expected in zip(results[1], results[0]):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_the_fused_attention_refuses_what_it_cannot_run(monkeypatch):
     with pytest.raises(ValueError, match="power-of-two head size >= 16 .* with 2 heads"):
         fused_attention.use_fused_attention(Attention(48, 2, "math"))

@@ -149,7 +149,7 @@ for seq_len in (122, 144):
             signature={**{name: "*fp32" if name == "lse_ptr" else "*bf16" for name in names},
                        "sm_scale": "fp32", **dict.fromkeys(constants, "constexpr")})
         compiled = triton.compile(source, target=GPUTarget("cuda", 90, 32),
-                                  options={"num_warps": 4})
+                                  options={"num_warps": 4, "num_stages": f.STAGES})
         assert compiled.asm["cubin"] and compiled.metadata.shared <= 227 * 1024
         print(kernel.fn.__name__, seq_len, "ok")
 """

@@ -51,6 +51,18 @@ def segment_q_and_gradients(net, inputs: torch.Tensor) -> list[torch.Tensor]:
     return [q, *(p.grad for p in net.parameters() if p.grad is not None)]
 
 
+def assert_segment_is_eager(device: str, use, **config) -> None:
+    """Q and every gradient of a training segment of `hrm_twins` (`config`) are the original's
+    in the twin that `use(twin)` gave kernels of ours to."""
+    eager, model = hrm_twins(device, **config)
+    use(model)
+    inputs = torch.randint(0, 131, (2, 15), device=device)
+    results = [segment_q_and_gradients(net, inputs) for net in (eager, model)]
+    assert len(results[0]) == len(results[1]) > 10
+    for got, expected in zip(results[1], results[0]):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
 def compile_for_h100(script: str, cache_dir, *args: str) -> str:
     """What `script` prints, run in a fresh process without the interpreter (under it,
     triton.jit makes no compilable kernels), with its own Triton cache: Triton's compiler and

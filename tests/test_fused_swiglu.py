@@ -12,7 +12,7 @@ from hrm_agent.experiment import load_profile  # noqa: E402
 from hrm_agent.models import fused_swiglu  # noqa: E402
 from hrm_agent.models.layers import SwiGLU  # noqa: E402
 from hrm_agent.trainer import PATHS, Trainer  # noqa: E402
-from tests.conftest import compile_for_h100, hrm_twins, segment_q_and_gradients  # noqa: E402
+from tests.conftest import assert_segment_is_eager, compile_for_h100  # noqa: E402
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -62,13 +62,7 @@ def test_compiled_the_fused_swiglu_is_an_opaque_op_with_its_own_backward():
 def test_an_hrm_segment_with_the_fused_swiglu_has_the_eager_q_and_gradients():
     """In the HRM (every SwiGLU of both levels fused; a training segment's gradient flows through
     the last L and H updates' SwiGLUs), Q and every gradient are the eager segment's."""
-    eager, model = hrm_twins(DEVICE, H_layers=1, L_layers=1)
-    fused_swiglu.use_fused_swiglu(model)
-    inputs = torch.randint(0, 131, (2, 15), device=DEVICE)
-    results = [segment_q_and_gradients(net, inputs) for net in (eager, model)]
-    assert len(results[0]) == len(results[1]) > 10
-    for got, expected in zip(results[1], results[0]):
-        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+    assert_segment_is_eager(DEVICE, fused_swiglu.use_fused_swiglu, H_layers=1, L_layers=1)
 
 
 def test_the_fused_swiglu_refuses_what_it_cannot_run(monkeypatch):

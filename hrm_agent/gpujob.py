@@ -79,10 +79,11 @@ TOY = ["model.hidden_size=32", "model.H_layers=1", "model.L_layers=1", "model.se
 # bench run past the window's budget (`--bench-maze` adds a second): the machine's limit on a
 # command would kill the whole job, before its job.json is written.
 BENCH_TIMEOUT_S = 360
-# The modes of `PATHS` with our kernels, in the order the job tries them (all of them, then the
-# fused blocks alone, as an H100 trained on them), and what they run.
-FUSED = {"fused": "the fused blocks, AdamATan2, SwiGLU and attention",
-         "fused-blocks": "the fused blocks"}
+# The modes of `PATHS` with our kernels, and what they run, in the order the job benches them:
+# the fused blocks alone first (an H100 trained on them), so that a newer kernel which breaks
+# its process cannot take their measurement with it.
+FUSED = {"fused-blocks": "the fused blocks",
+         "fused": "the fused blocks, AdamATan2, SwiGLU and attention"}
 TILINGS_TIMEOUT_S = 300  # `bench fused`: its tilings compile in parallel, then ~10 s each
 MIN_RUN_S = 30  # a run starts (or, its path failed, restarts a step down) only with this much time left
 # The runs get SIGTERM STOP_S before the budget's end (a paper run checkpointed and exited within
@@ -412,14 +413,14 @@ class Job:
         row = result["paper-fourrooms"]
         eager, fast = (row[mode]["optimizer_steps_per_s"] for mode in ("eager", "fast"))
         # Our kernels in a bench of their own (new kernels that fail, even one that breaks its
-        # process's CUDA context, cost the fast path nothing), with and without those that no
-        # GPU has trained on, at the tiling `bench fused` chose; should both fail there, the
-        # fused blocks alone at the reference tiling, as an H100 trained on them.
+        # process's CUDA context, cost the fast path nothing), without and with those that no
+        # GPU has trained on, at the tiling `bench fused` chose (what a bench that died had
+        # measured counts); should neither pass there, the fused blocks alone at the reference
+        # tiling, as an H100 trained on them.
         self.choose_tiling()
         for modes in (list(FUSED), ["fused-blocks"]):
             ours = self.measure("paper-fourrooms", "bench_fused", modes)
-            rates = {mode: ours["result"]["paper-fourrooms"][mode]["optimizer_steps_per_s"]
-                     for mode in modes if ours["ok"] and ours["result"][f"{mode}_check"]["ok"]}
+            rates = _checked_rates(_measured(ours), modes)
             if rates:
                 break
             self.log(f"{' and '.join(modes)}: failed their checks or did not run")
@@ -798,6 +799,16 @@ def tilings_markdown(windows: list[dict[str, Any]]) -> list[str]:
         worst = max(r["max_diff"] if r["finite"] else math.inf for r in rows.values())
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {worst:.3g} |")
     return lines
+
+
+def _checked_rates(result: dict[str, Any] | None, modes: list[str],
+                  profile: str = "paper-fourrooms") -> dict[str, float]:
+    """Per mode of `modes` that passed its check in a `bench train` result and was timed on
+    `profile`, its optimizer steps/s."""
+    result = result or {}
+    timed = {mode: result.get(profile, {}).get(mode, {}).get("optimizer_steps_per_s")
+             for mode in modes if result.get(f"{mode}_check", {}).get("ok")}
+    return {mode: rate for mode, rate in timed.items() if rate}
 
 
 def _measured(bench: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from hrm_agent.bench import last_partial
+from hrm_agent.bench import train as bench_train
 from hrm_agent.bench.train import _ready, _Traffic, kernel_profile, mode_overrides, run
 from hrm_agent.experiment import load_profile
 from hrm_agent.graphs import CUDAGraphed
@@ -59,6 +60,39 @@ def test_bench_train_reports_rates_shares_and_the_roofline_per_mode(tiny_profile
     assert "aten::mm" in [row["name"] for row in kernels["top"]]
     with pytest.raises(ValueError, match="unknown bench train mode 'turbo'"):
         mode_overrides("turbo")
+
+
+def test_a_mode_that_raises_fails_its_check_and_the_other_modes_still_run(tiny_profile,
+                                                                          monkeypatch):
+    """A new kernel that fails (in the mode's check, or in its timing) costs the bench only
+    that mode: the error is its check's, the modes after it are checked and timed."""
+    references = []
+    monkeypatch.setattr(bench_train, "check_run", lambda device, mode: references.append(mode) or mode)
+
+    def check_mode(device, mode, eager):
+        if mode == "fused":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+        return {"ok": True}
+
+    def time_mode(name, mode, *args):
+        if mode == "fast":
+            raise ValueError("train.fused_attention needs a model with Attention layers")
+        return {"optimizer_steps_per_s": 1.0}
+
+    monkeypatch.setattr(bench_train, "check_mode", check_mode)
+    monkeypatch.setattr(bench_train, "time_mode", time_mode)
+    result = run(quick=True, profiles=[tiny_profile], modes=["eager", "fused", "fast", "fused-blocks"])
+    assert references == ["eager"]  # the eager CHECK run, once for all checked modes
+    assert result["fused_check"] == {
+        "ok": False, "error": "RuntimeError: CUDA error: an illegal memory access was encountered"}
+    assert result["fast_path_check"] == {
+        "ok": False, "error": "ValueError: train.fused_attention needs a model with Attention layers"}
+    assert result["fused-blocks_check"] == {"ok": True}
+    assert sorted(result[tiny_profile]) == ["batch_size", "bytes_per_step", "eager", "fused-blocks",
+                                            "num_envs"]
+    monkeypatch.setattr(bench_train, "time_mode", lambda *args: 1 / 0)
+    with pytest.raises(ZeroDivisionError):  # eager is every other mode's reference
+        run(quick=True, profiles=[tiny_profile], modes=["eager", "fast"])
 
 
 def test_the_kernel_profile_counts_per_optimizer_step(trainer):

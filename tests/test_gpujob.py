@@ -212,32 +212,39 @@ FAILED = {"ok": False, "reason": "RuntimeError: Triton Error [CUDA]: an illegal 
 BLOCKS = _fused_bench(blocks=(True, 350.0))
 
 
+DIED_AFTER_BLOCKS = {"ok": False, "reason": "Segmentation fault",
+                     "partial": _fused_bench(blocks=(True, 350.0))["result"]}
+
+
 @pytest.mark.parametrize("both, blocks_alone, fused", [
     (_fused_bench(fused=(True, 400.0), blocks=(True, 350.0)), None, "fused"),
     (_fused_bench(fused=(True, 320.0), blocks=(True, 350.0)), None, "fused-blocks"),
     (_fused_bench(fused=(False, 400.0), blocks=(True, 350.0)), None, "fused-blocks"),
+    (DIED_AFTER_BLOCKS, None, "fused-blocks"),
     (_fused_bench(fused=(False, 400.0), blocks=(False, 350.0)), BLOCKS, "fused-blocks"),
     (FAILED, BLOCKS, "fused-blocks"),
     (FAILED, FAILED, ""),
     (_fused_bench(fused=(True, 200.0), blocks=(True, 250.0)), None, ""),
     (_fused_bench(fused=(True, 60.0), blocks=(True, 50.0)), None, ""),
-], ids=["fused fastest", "blocks alone faster", "fused not equal to eager", "neither equal, "
-        "the blocks alone at the reference tiling are", "failed, the blocks alone did not",
-        "both failed", "slower than fast", "slower, eager slowest"])
+], ids=["fused fastest", "blocks alone faster", "fused not equal to eager",
+        "the bench died after the blocks alone", "neither equal, the blocks alone at the "
+        "reference tiling are", "failed, the blocks alone did not", "both failed",
+        "slower than fast", "slower, eager slowest"])
 def test_our_kernels_train_only_if_their_own_bench_finds_them_equal_and_faster_than_fast(
         tmp_path, monkeypatch, both, blocks_alone, fused):
     """Our kernels are benched in a process of their own, after eager and fast (a kernel that
     fails, even one that breaks its CUDA context, leaves the fast path's verdict standing):
-    all of them and the fused blocks alone, the faster trained; should neither pass, the fused
-    blocks alone once more at the reference tiling, as an H100 trained on them."""
+    the fused blocks alone, then all of them (what a bench that died had measured counts), the
+    faster trained; should neither pass, the fused blocks alone once more at the reference
+    tiling, as an H100 trained on them."""
     job = _auto_job(tmp_path, monkeypatch)
     bench = {"ok": True, "result": {"fast_path_check": {"ok": True}, "paper-fourrooms": {
         "eager": {"optimizer_steps_per_s": 40.0}, "fast": {"optimizer_steps_per_s": 300.0}}}}
-    benches, asked = {"fused": both, "fused-blocks": blocks_alone}, []
+    benches, asked = {("fused-blocks", "fused"): both, ("fused-blocks",): blocks_alone}, []
     monkeypatch.setattr(job, "benchmark", lambda profile, modes: asked.append(modes) or (
-        benches.get(modes[0]) or bench))
+        benches.get(tuple(modes)) or bench))
     assert job.choose_fast() is True and job.fused == fused
-    assert asked == [["eager", "fast"], ["fused", "fused-blocks"]] + (
+    assert asked == [["eager", "fast"], ["fused-blocks", "fused"]] + (
         [["fused-blocks"]] if blocks_alone else [])
     assert job.info["bench_fused"] is (blocks_alone or both)
 
@@ -269,7 +276,7 @@ def test_the_fused_path_goes_at_the_fastest_tiling_of_its_bench(tmp_path, monkey
         (modes, job.env.get(TILING_VAR))) or (
         bench if "eager" in modes else _fused_bench(fused=(True, 400.0), blocks=(True, 350.0))))
     assert job.choose_fast() is True and job.fused == "fused"
-    assert seen == [(["eager", "fast"], None), (["fused", "fused-blocks"], "64,64,4,1,128,0")]
+    assert seen == [(["eager", "fast"], None), (["fused-blocks", "fused"], "64,64,4,1,128,0")]
     assert job.info["tiling"] == (64, 64, 4, 1, 128, 0)
     assert "the fused blocks go at 64x64, 4 warps, 1 stage, 128 registers" in (
         tmp_path / "out" / "job.log").read_text()
@@ -294,7 +301,7 @@ def test_a_fused_bench_that_fails_at_the_chosen_tiling_falls_back_to_the_blocks_
 
     monkeypatch.setattr(job, "benchmark", benchmark)
     assert job.choose_fast() is True and job.fused == "fused-blocks"
-    assert seen == [(["eager", "fast"], None), (["fused", "fused-blocks"], "128,64,8,1,128,0"),
+    assert seen == [(["eager", "fast"], None), (["fused-blocks", "fused"], "128,64,8,1,128,0"),
                     (["fused-blocks"], None)]
     assert job.info["tiling"] is None
 
@@ -589,7 +596,7 @@ def test_bench_maze_measures_the_maze_too_and_the_decision_stays_four_rooms(tmp_
         results[profile] if "eager" in modes else {"ok": False, "reason": "no output"}))
     assert job.choose_fast() is True  # the maze's slower fast path does not decide
     assert asked == [("paper-fourrooms", ["eager", "fast"]), ("paper-maze", ["eager", "fast", "fused"]),
-                     ("paper-fourrooms", ["fused", "fused-blocks"]), ("paper-fourrooms", ["fused-blocks"])]
+                     ("paper-fourrooms", ["fused-blocks", "fused"]), ("paper-fourrooms", ["fused-blocks"])]
     assert job.info["bench"] is results["paper-fourrooms"] and job.info["bench_maze"] is results["paper-maze"]
 
 

@@ -248,22 +248,31 @@ def compare_runs(fast: Trainer, eager: Trainer) -> dict:
             "max_weight_diff": weight_diff}
 
 
+def check_run(device: torch.device, mode: str, overrides: tuple[str, ...] = ()) -> Trainer:
+    """The CHECK run (Carry Z; `overrides` change it), trained in `mode` from seed 0."""
+    torch.manual_seed(0)
+    trainer = Trainer(load_profile("paper-fourrooms", [
+        *CHECK, *overrides, f"train.device='{device.type}'", *mode_overrides(mode)]))
+    trainer.train(progress=False)
+    return trainer
+
+
+def check_against(run: Trainer, eager: Trainer, tolerance: float = 1e-4) -> dict:
+    """`compare_runs`, ok when the transitions are the same and z and the weights within
+    `tolerance`."""
+    result = compare_runs(run, eager)
+    result["ok"] = (result["same_transitions"] and result["max_z_diff"] <= tolerance
+                    and result["max_weight_diff"] <= tolerance)
+    return result
+
+
 def check_fast_path(device: torch.device, tolerance: float = 1e-4,
                     overrides: tuple[str, ...] = (), modes: tuple[str, ...] = ("fast",)) -> dict:
-    """Train the CHECK run (Carry Z; `overrides` change it) eagerly and in each of `modes` from
-    the same seeds, and compare each with the eager run: {mode: comparison}."""
-    runs = {}
-    for mode in ("eager", *modes):
-        torch.manual_seed(0)
-        runs[mode] = Trainer(load_profile("paper-fourrooms", [
-            *CHECK, *overrides, f"train.device='{device.type}'", *mode_overrides(mode)]))
-        runs[mode].train(progress=False)
-    checks = {}
-    for mode in modes:
-        result = checks[mode] = compare_runs(runs[mode], runs["eager"])
-        result["ok"] = (result["same_transitions"] and result["max_z_diff"] <= tolerance
-                        and result["max_weight_diff"] <= tolerance)
-    return checks
+    """Train the CHECK run eagerly and in each of `modes` from the same seeds, and compare each
+    with the eager run: {mode: comparison}."""
+    eager = check_run(device, "eager", overrides)
+    return {mode: check_against(check_run(device, mode, overrides), eager, tolerance)
+            for mode in modes}
 
 
 def check_fused_bf16(device: torch.device, seq_len: int = 121, batch: int = 8) -> dict:
@@ -321,40 +330,65 @@ def check_fused_layers_bf16(device: torch.device, seq_len: int = 122, batch: int
             "ok": all(f <= 1.2 * e for f, e in zip(error["fused"], error["eager"]))}
 
 
+def check_mode(device: torch.device, mode: str, eager: Trainer) -> dict:
+    """`mode`'s CHECK run against `eager`'s; for the fused modes, their kernels in bf16 too."""
+    check = check_against(check_run(device, mode), eager)
+    if mode.startswith("fused"):
+        bf16 = check["bf16"] = check_fused_bf16(device)
+        check["ok"] = check["ok"] and bf16["ok"]
+    if mode == "fused":
+        layers = check["layers_bf16"] = check_fused_layers_bf16(device)
+        check["ok"] = check["ok"] and layers["ok"]
+    return check
+
+
 def run(quick: bool = False, profiles: list[str] | None = None, modes: list[str] | None = None
         ) -> dict:
+    """Each mode in turn, checked (but eager: as "fast_path_check" for fast, else
+    "<mode>_check") and then timed on each profile. An error in a checked mode fails its check
+    (with the error) and ends that mode, so a new kernel that fails costs the other modes
+    nothing (unless it broke the process's CUDA context)."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     copy = copy_bandwidth(device, megabytes=64 if quick else 256)
     result = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
               "torch": torch.__version__, "threads": torch.get_num_threads(),
               "copy_GBps": round(copy, 1)}
     modes = modes or default_modes(device)
-    checked = tuple(mode for mode in modes if mode != "eager")
-    if checked:  # as "fast_path_check" (the fast mode's) and "<mode>_check"
-        bf16 = None
-        for mode, check in check_fast_path(device, modes=checked).items():
-            result["fast_path_check" if mode == "fast" else f"{mode}_check"] = check
-            if mode.startswith("fused"):  # the block kernel in bf16, once
-                bf16 = check["bf16"] = bf16 or check_fused_bf16(device)
-                check["ok"] = check["ok"] and bf16["ok"]
-            if mode == "fused":
-                layers = check["layers_bf16"] = check_fused_layers_bf16(device)
-                check["ok"] = check["ok"] and layers["ok"]
-        so_far(result)
+    rows = {}
     for name in profiles or PROFILES:
-        paper = name.startswith("paper")
         base = load_profile(name, [f"train.device='{device.type}'", *mode_overrides("eager")])
-        traffic = bytes_per_step(base)  # eager: compiled code and graph replays bypass the count
-        row = result[name] = {"batch_size": base.train.batch_size, "num_envs": base.env.num_envs,
-                              "bytes_per_step": traffic}
-        for mode in modes:
-            config = load_profile(name, [f"train.device='{device.type}'", *mode_overrides(mode)])
-            timing = time_profile(config, seconds=2.0 if quick else 20.0,
-                                  min_cycles=1 if (quick or paper) else 3,
-                                  warmup=WARMUP + 1,  # past the CUDA-graph capture
-                                  profile_cycles=1 if quick else 2)
-            effective = traffic * timing["optimizer_steps_per_s"] / 1e9
-            row[mode] = {**timing, "effective_GBps": round(effective, 1),
-                         "fraction_of_copy_roofline": round(effective / copy, 3)}
+        rows[name] = result[name] = {
+            "batch_size": base.train.batch_size, "num_envs": base.env.num_envs,
+            # eager: compiled code and graph replays bypass the count
+            "bytes_per_step": bytes_per_step(base)}
+    eager = None
+    for mode in modes:
+        key = "fast_path_check" if mode == "fast" else f"{mode}_check"
+        try:
+            if mode != "eager":
+                eager = eager or check_run(device, "eager")
+                result[key] = check_mode(device, mode, eager)
+                so_far(result)
+            for name, row in rows.items():
+                row[mode] = time_mode(name, mode, device, quick, copy, row["bytes_per_step"])
+                so_far(result)
+        except Exception as error:
+            if mode == "eager":
+                raise
+            result[key] = {**result.get(key, {}), "ok": False,
+                           "error": f"{type(error).__name__}: {error}"[:300]}
             so_far(result)
     return result
+
+
+def time_mode(name: str, mode: str, device: torch.device, quick: bool, copy: float,
+              traffic: float) -> dict:
+    """`time_profile` of profile `name` in `mode`, and its bytes against the copy roofline."""
+    config = load_profile(name, [f"train.device='{device.type}'", *mode_overrides(mode)])
+    timing = time_profile(config, seconds=2.0 if quick else 20.0,
+                          min_cycles=1 if (quick or name.startswith("paper")) else 3,
+                          warmup=WARMUP + 1,  # past the CUDA-graph capture
+                          profile_cycles=1 if quick else 2)
+    effective = traffic * timing["optimizer_steps_per_s"] / 1e9
+    return {**timing, "effective_GBps": round(effective, 1),
+            "fraction_of_copy_roofline": round(effective / copy, 3)}

@@ -10,10 +10,10 @@ with the machine's own python3 (torch, numpy and tqdm are all it needs), does in
    if it runs, trains a small fp32 run exactly as the eager path does, and is faster, and the
    fused one only if it passes the same check and is faster still.
    Before the fused bench, `bench fused` times the block kernel's tilings, and our kernels go
-   at the fastest that computes the reference tiling's blocks. The fused bench measures them
-   all ("fused") and the block kernels alone ("fused-blocks"), and the faster that passes the
-   check trains; should both fail, "fused-blocks" once more at the reference tiling, as an
-   H100 trained on them (`--bench-maze`: paper-maze too, for the record, ~2 more minutes).
+   at the fastest that computes the reference tiling's blocks. The fused bench measures the
+   block kernels alone ("fused-blocks"), then all of them ("fused"), keeping what it measured
+   should it die, and the faster that passes the check trains; should both fail,
+   "fused-blocks" once more at the reference tiling, as an H100 trained on them (`--bench-maze`: paper-maze too, for the record, ~2 more minutes).
    A window skips both, and gives their minutes to training, when the last window on the
    same GPU, torch, triton and training code (`windows.jsonl` in `--from`) trained on a
    measured fast path without a failure; `--fast bench` measures anew;

@@ -194,7 +194,7 @@ def _kernels_or_error(trainer: Trainer, wall_ms_per_step: float, cycles: int) ->
 
 
 def kernel_profile(trainer: Trainer, wall_ms_per_step: float, cycles: int = 2,
-                   top: int = 20) -> dict:
+                   top: int = 40) -> dict:
     """Per optimizer step of `cycles` profiled cycles: the device's busy milliseconds (CUDA
     kernels and copies, or a CPU's aten ops' own time) and how many there were, `busy` = the
     milliseconds over `wall_ms_per_step` (timed unprofiled), and the `top` kernels by time, with

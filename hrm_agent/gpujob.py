@@ -27,8 +27,8 @@ with the machine's own python3 (torch, numpy and tqdm are all it needs), does in
    (a CUDA-graphed run keeps the GPU busy by itself, and a GPU time-slices between processes:
    four at once would each go at a quarter of the speed, and none would be trained first), and
    all at once on the eager path, where each process leaves the GPU idle between its kernel
-   launches. A run whose path fails is restarted a step down from its last checkpoint: the
-   fused blocks, then the fast path, then eager.
+   launches. A run whose path fails is restarted a step down from its last checkpoint: all
+   our kernels, the fused blocks alone (if they passed their check), the fast path, eager.
 While the runs go, everything that must come back is mirrored into `--out`, each file replaced
 atomically, as at most 8 flat files (the GPU machine's return limits): `<run>.pt` (resumable
 checkpoint, no replay), `metrics.jsonl` (every run's records, tagged with `run`), `best.pt`
@@ -226,6 +226,9 @@ class Job:
         self.end = self.started + 60 * minutes
         self.parallel, self.fast, self.device, self.bench_maze = parallel, fast, device, bench_maze
         self.fused = ""  # the fast path with our kernels (a mode of `FUSED`), by the bench's verdict
+        # whether a run that fails on all our kernels steps down to the fused blocks alone (as
+        # they passed their check in the bench that chose "fused"), not to the fast path
+        self.blocks_fallback = False
         self.env = dict(os.environ, PYTHONUNBUFFERED="1")
         if device == "cpu":
             self.env["CUDA_VISIBLE_DEVICES"] = ""  # a dry run never touches a GPU
@@ -383,6 +386,8 @@ class Job:
         if earlier:  # that window ran this very code here: no smoke test can tell more
             self.info["fast_verified_by"] = earlier["date"]
             self.fused = fused_mode(earlier)
+            self.blocks_fallback = bool(_checked_rates(_measured(earlier.get("bench_fused")),
+                                                       ["fused-blocks"]))
             if self.fused and earlier.get("tiling"):
                 self.set_tiling(earlier["tiling"])
             self.log(f"training fast without a smoke test or a bench: the window of "
@@ -397,7 +402,9 @@ class Job:
         self.log(f"smoke eager: {eager['optimizer_steps_per_s']:.1f} optimizer steps/s "
                  f"({eager['wall_s']} s)")
         if self.fast in ("on", "off", "fused"):  # trusted unmeasured: a failing run is retried
-            self.fused = "fused" if self.fast == "fused" else ""  # a step down: fused, fast, eager
+            # a step down: fused, fused-blocks, fast, eager
+            self.fused = "fused" if self.fast == "fused" else ""
+            self.blocks_fallback = bool(self.fused)
             return self.fast != "off"
         bench = self.measure("paper-fourrooms", "bench", ["eager", "fast"])
         if bench["ok"] and self.bench_maze:
@@ -427,6 +434,7 @@ class Job:
             self.set_tiling(None)
         best = max(rates, key=rates.get, default="")
         self.fused = best if rates.get(best, 0.0) > fast else ""
+        self.blocks_fallback = "fused-blocks" in rates
         faster = max([fast, *rates.values()]) > eager
         self.log(f"paper-fourrooms optimizer steps/s: eager {eager:.1f}, fast {fast:.1f}, "
                  + (", ".join(f"{mode} {rate:.1f}" for mode, rate in rates.items())
@@ -473,10 +481,12 @@ class Job:
         run.error = last_line(output)
         self.log(f"{run.name}: failed (exit {code}): {run.error}")
         self.log.tail(f"{run.name}: train.log", output)
-        if run.fast and run.deadline - now > MIN_RUN_S:  # a step down: fused, fast, eager
-            self.log(f"{run.name}: retrying on the " + ("fast path without our kernels"
-                                                       if run.fused else "eager path"))
-            self.launch(run, bool(run.fused), run.deadline)
+        if run.fast and run.deadline - now > MIN_RUN_S:  # a step down: fused, fused-blocks, fast, eager
+            fused = "fused-blocks" if run.fused == "fused" and self.blocks_fallback else ""
+            self.log(f"{run.name}: retrying on the " + (
+                f"fast path with {FUSED[fused]}" if fused else
+                "fast path without our kernels" if run.fused else "eager path"))
+            self.launch(run, bool(run.fused), run.deadline, fused)
 
     def mirror(self) -> None:
         """Copy what changed into `out`; a failed write (full disk) is logged, the previous

@@ -67,11 +67,11 @@ def test_dry_run_returns_resumable_runs_and_a_second_window_resumes_them(tmp_pat
 @pytest.mark.slow
 def test_a_run_whose_fast_path_fails_goes_on_a_step_down(tmp_path, monkeypatch):
     """A path that breaks on the GPU must not cost the window: the run restarts a step down,
-    from the fused blocks to the fast path, and from there to eager."""
+    from all our kernels to the fused blocks alone, to the fast path, and from there to eager."""
     import hrm_agent.gpujob as gpujob
 
     # on a CPU, CUDA graphs fail at once with a one-line error (exit 2), like a broken fast path
-    for path in ("fused", "fast"):
+    for path in ("fused", "fused-blocks", "fast"):
         monkeypatch.setitem(gpujob.PATHS, path, ["train.cuda_graphs='on'"])
     info = gpu_job(tmp_path / "out", device="cpu", toy=True, minutes=1.25, runs=RUNS[:1],
                    fast="fused", work=tmp_path / "work")
@@ -79,11 +79,22 @@ def test_a_run_whose_fast_path_fails_goes_on_a_step_down(tmp_path, monkeypatch):
     assert info["fast"] is True and info["fused"] == "fused" and "bench" not in info  # unmeasured
     assert summary["state"] == "done" and summary["step"] > 0, summary
     log = (tmp_path / "out" / "job.log").read_text()
-    assert log.count("failed (exit 2)") == 2 and "needs a CUDA device" in log
-    assert log.index("(fast path, fused)") < log.index("retrying on the fast path without our "
-                                                       "kernels")
-    assert log.index("retrying on the fast path without") < log.index("retrying on the eager path")
+    assert log.count("failed (exit 2)") == 3 and "needs a CUDA device" in log
+    steps = ["(fast path, fused)", "retrying on the fast path with the fused blocks\n",
+             "(fast path, fused-blocks)", "retrying on the fast path without our kernels",
+             "retrying on the eager path"]
+    assert [log.index(step) for step in steps] == sorted(log.index(step) for step in steps)
     assert f"{RUNS[0]}: train.log; the end of its output:" in log  # what the run printed, for a traceback
+
+
+def test_a_run_that_fails_on_all_our_kernels_skips_fused_blocks_that_failed_their_check(
+        tmp_path, monkeypatch):
+    job = _auto_job(tmp_path, monkeypatch)
+    bench = {"ok": True, "result": {"fast_path_check": {"ok": True}, "paper-fourrooms": {
+        "eager": {"optimizer_steps_per_s": 40.0}, "fast": {"optimizer_steps_per_s": 300.0}}}}
+    fused = _fused_bench(fused=(True, 400.0), blocks=(False, 350.0))
+    monkeypatch.setattr(job, "benchmark", lambda profile, modes: bench if "eager" in modes else fused)
+    assert job.choose_fast() is True and job.fused == "fused" and not job.blocks_fallback
 
 
 def test_job_input_errors_are_one_line(tmp_path, capsys):

@@ -13,7 +13,8 @@ with the machine's own python3 (torch, numpy and tqdm are all it needs), does in
    at the fastest that computes the reference tiling's blocks. The fused bench measures the
    block kernels alone ("fused-blocks"), then all of them ("fused"), keeping what it measured
    should it die, and the faster that passes the check trains; should both fail,
-   "fused-blocks" once more at the reference tiling, as an H100 trained on them (`--bench-maze`: paper-maze too, for the record, ~2 more minutes).
+   "fused-blocks" once more at the reference tiling, as an H100 trained on them
+   (`--bench-maze`: paper-maze too, for the record, ~2 more minutes).
    A window skips both, and gives their minutes to training, when the last window on the
    same GPU, torch, triton and training code (`windows.jsonl` in `--from`) trained on a
    measured fast path without a failure; `--fast bench` measures anew;
@@ -402,7 +403,6 @@ class Job:
         self.log(f"smoke eager: {eager['optimizer_steps_per_s']:.1f} optimizer steps/s "
                  f"({eager['wall_s']} s)")
         if self.fast in ("on", "off", "fused"):  # trusted unmeasured: a failing run is retried
-            # a step down: fused, fused-blocks, fast, eager
             self.fused = "fused" if self.fast == "fused" else ""
             self.blocks_fallback = bool(self.fused)
             return self.fast != "off"
@@ -481,7 +481,7 @@ class Job:
         run.error = last_line(output)
         self.log(f"{run.name}: failed (exit {code}): {run.error}")
         self.log.tail(f"{run.name}: train.log", output)
-        if run.fast and run.deadline - now > MIN_RUN_S:  # a step down: fused, fused-blocks, fast, eager
+        if run.fast and run.deadline - now > MIN_RUN_S:  # a step down (the module's docstring)
             fused = "fused-blocks" if run.fused == "fused" and self.blocks_fallback else ""
             self.log(f"{run.name}: retrying on the " + (
                 f"fast path with {FUSED[fused]}" if fused else
@@ -812,7 +812,7 @@ def tilings_markdown(windows: list[dict[str, Any]]) -> list[str]:
 
 
 def _checked_rates(result: dict[str, Any] | None, modes: list[str],
-                  profile: str = "paper-fourrooms") -> dict[str, float]:
+                   profile: str = "paper-fourrooms") -> dict[str, float]:
     """Per mode of `modes` that passed its check in a `bench train` result and was timed on
     `profile`, its optimizer steps/s."""
     result = result or {}

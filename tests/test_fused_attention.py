@@ -9,7 +9,7 @@ pytest.importorskip("triton")
 
 from hrm_agent.bench.train import CHECK, check_fused_layers_bf16  # noqa: E402
 from hrm_agent.experiment import load_profile  # noqa: E402
-from hrm_agent.models import fused_attention  # noqa: E402
+from hrm_agent.models import fused, fused_attention  # noqa: E402
 from hrm_agent.models.layers import Attention, RotaryEmbedding, grid_angles, sequence_angles  # noqa: E402
 from hrm_agent.trainer import PATHS, Trainer  # noqa: E402
 from tests.conftest import assert_segment_is_eager, compile_for_h100  # noqa: E402
@@ -95,7 +95,7 @@ def test_a_compiled_segment_with_all_our_kernels_has_the_eager_q_and_gradients()
 def test_the_fused_attention_refuses_what_it_cannot_run(monkeypatch):
     with pytest.raises(ValueError, match="power-of-two head size >= 16 .* with 2 heads"):
         fused_attention.use_fused_attention(Attention(48, 2, "math"))
-    monkeypatch.setattr(fused_attention, "INTERPRET", False)
+    monkeypatch.setattr(fused, "INTERPRET", False)  # (where the device check reads it)
     if DEVICE == "cpu":
         with pytest.raises(ValueError, match="the fused attention needs a CUDA device"):
             fused_attention.use_fused_attention(Attention(64, 2, "math"))

@@ -30,6 +30,14 @@ from hrm_agent.models.layers import ReasoningModule, RopeTables
 
 RMS_EPS = tl.constexpr(1e-5)  # layers.rms_norm's
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton runs the kernel on the CPU
+
+
+def require_kernel_device(tensor: Tensor, subject: str) -> None:
+    """A ValueError unless `tensor` is where our Triton kernels run: on CUDA, or anywhere under
+    Triton's interpreter. `subject` starts the message, e.g. "the fused blocks need"."""
+    if not (tensor.is_cuda or INTERPRET):
+        raise ValueError(f"{subject} a CUDA device (or TRITON_INTERPRET=1), the model is on "
+                         f"{tensor.device.type}")
 _INTERPRET = tl.constexpr(INTERPRET)
 
 

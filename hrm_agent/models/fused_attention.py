@@ -28,7 +28,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from hrm_agent.models.fused import INTERPRET, _mm, _partner, _round, _softmax_step
+from hrm_agent.models.fused import (INTERPRET, _mm, _partner, _round, _softmax_step,
+                                     require_kernel_device)
 
 BLOCK_M, BLOCK_N = 64, 64  # query rows, key rows of a program's tiles
 # Pipeline stages of the tile loops: 2 copies the next tile in while this one computes, which
@@ -283,8 +284,6 @@ def use_fused_attention(model: torch.nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, Attention):
             w = module.qkv_proj.weight
-            if not (w.is_cuda or INTERPRET):
-                raise ValueError("the fused attention needs a CUDA device (or TRITON_INTERPRET=1), "
-                                 f"the model is on {w.device.type}")
+            require_kernel_device(w, "the fused attention needs")
             check(w.new_empty(1, 1, w.shape[0]), w.new_empty(1, module.head_dim), module.num_heads)
             module.fused = attend

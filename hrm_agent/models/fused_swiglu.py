@@ -19,7 +19,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from hrm_agent.models.fused import INTERPRET, _load_t, _mm, _round
+from hrm_agent.models.fused import INTERPRET, _load_t, _mm, _round, require_kernel_device
 
 BLOCK_M, BLOCK_W = 64, 64  # a program: 64 tokens by 64 of the hidden width
 
@@ -137,8 +137,6 @@ def use_fused_swiglu(model: torch.nn.Module) -> None:
     for module in model.modules():
         if isinstance(module, SwiGLU):
             w = module.gate_up_proj.weight
-            if not (w.is_cuda or INTERPRET):
-                raise ValueError("the fused SwiGLU needs a CUDA device (or TRITON_INTERPRET=1), "
-                                 f"the model is on {w.device.type}")
+            require_kernel_device(w, "the fused SwiGLU needs")
             _check(w.new_empty(0, w.shape[1]), w)
             module.hidden = swiglu_hidden

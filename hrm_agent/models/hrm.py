@@ -193,9 +193,7 @@ class HRMQNetwork(TokenInput, nn.Module):
             from hrm_agent.models import fused
         except ImportError as exc:
             raise ValueError(f"the fused blocks need triton: {exc}") from None
-        if not (self.H_init.is_cuda or fused.INTERPRET):
-            raise ValueError("the fused blocks need a CUDA device (or TRITON_INTERPRET=1), the "
-                             f"model is on {self.H_init.device.type}")
+        fused.require_kernel_device(self.H_init, "the fused blocks need")
         for level in (self.H_level, self.L_level):
             reason = fused.unsupported(level)
             if reason:

@@ -78,7 +78,9 @@ class TrainConfig:
     eps_start: float = 1.0
     eps_end: float = 0.33
     eps_decay_steps: int = 300_000
-    eps_mode: Literal["per_env", "batch"] = "per_env"  # "batch": authors' Reset Z whole-batch epsilon
+    # "batch": the authors' Reset Z ε, one coin for the whole batch (random actions without
+    # running the model, or every env greedy); "per_env": each env its own coin
+    eps_mode: Literal["per_env", "batch"] = "per_env"
     lr: float = 1e-4
     lr_warmup_steps: int = 10_000
     weight_decay: float = 0.0

@@ -37,6 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from hrm_agent.agent import Agent, q_and_seed
@@ -243,20 +244,22 @@ class Trainer:
     def collect(self) -> None:
         """One step of every training env; the transitions go to the replay buffer."""
         tc = self.config.train
-        eps = self.epsilon(self.step_t)
         n = self.env.num_envs
         fields: dict[str, torch.Tensor] = {"obs": self.obs}
         with self.stopwatch("act"):
             if tc.eps_mode == "batch":
                 # the authors' Reset Z exploration: with probability ε the whole batch acts at
-                # random (decided on the device, so the model runs either way)
-                step = self.agent.act(self.obs, self.episode_start)
-                explore = torch.rand((), device=self.device, generator=self.generator) < eps
-                random = torch.randint(self.config.model.num_actions, (n,), device=self.device,
-                                       generator=self.generator)
-                actions = torch.where(explore, random, step.actions)
+                # random and the model does not run. The coin is the host's, drawn from (seed,
+                # env steps): no read from the device, and a resumed run draws the same coins.
+                coin = np.random.default_rng([tc.seed, self.env_steps]).random()
+                if coin < self.epsilon():
+                    actions = torch.randint(self.config.model.num_actions, (n,),
+                                            device=self.device, generator=self.generator)
+                else:
+                    actions = self.agent.act(self.obs, self.episode_start).actions
             else:
-                step = self.agent.act(self.obs, self.episode_start, eps, self.generator)
+                step = self.agent.act(self.obs, self.episode_start, self.epsilon(self.step_t),
+                                      self.generator)
                 actions = step.actions
             if tc.carry_z:
                 fields.update(prev_z_H=step.prev_seed.z_H, prev_z_L=step.prev_seed.z_L,

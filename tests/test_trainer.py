@@ -50,6 +50,32 @@ def test_reset_z_stores_no_seeds():
                                            "next_obs"}
 
 
+@pytest.mark.parametrize("eps", [1.0, 0.5, 0.0])
+def test_batch_exploration_runs_the_model_only_when_the_whole_batch_acts_greedily(eps):
+    """The authors' Reset Z ε: with probability ε every env acts at random and the model does
+    not run; otherwise every env takes its greedy action."""
+    trainer = Trainer(tiny_config("train.carry_z=false", "train.eps_mode='batch'",
+                                  f"train.eps_start={eps}", f"train.eps_end={eps}",
+                                  "train.learning_starts=10000"))
+    forward, calls = trainer.agent.forward, []
+    trainer.agent.forward = lambda *args: calls.append(1) or forward(*args)
+    greedy_steps = 0
+    for t in range(24):
+        obs, ran = trainer.obs, len(calls)
+        trainer.collect()
+        actions = _replay(trainer)["action"][-trainer.env.num_envs:]
+        with torch.no_grad():
+            greedy = trainer.model(obs, trainer.model.init_seed(len(obs))).q.argmax(-1)
+        if len(calls) > ran:
+            assert torch.equal(actions.long(), greedy), f"step {t}: not all greedy"
+            greedy_steps += 1
+        else:
+            assert not torch.equal(actions.long(), greedy), f"step {t}: not random"
+    assert greedy_steps == len(calls)
+    assert (greedy_steps == 0) if eps == 1.0 else (greedy_steps == 24) if eps == 0.0 else (
+        0 < greedy_steps < 24)
+
+
 def test_next_obs_is_the_true_final_observation_not_the_reset_one():
     trainer = Trainer(tiny_config("env.max_steps=3", "train.learning_starts=10000"))
     for _ in range(3):
@@ -69,8 +95,13 @@ class Killed(Exception):
     pass
 
 
-def test_resume_after_a_kill_reproduces_the_uninterrupted_run_exactly(tmp_path, monkeypatch):
-    cfg = tiny_config("train.total_steps=16", "train.save_replay=true")
+@pytest.mark.parametrize("exploration", [
+    [],  # Carry Z, ε per env
+    ["train.carry_z=false", "train.eps_mode='batch'", "train.eps_start=0.5"],  # coins per batch
+])
+def test_resume_after_a_kill_reproduces_the_uninterrupted_run_exactly(tmp_path, monkeypatch,
+                                                                     exploration):
+    cfg = tiny_config("train.total_steps=16", "train.save_replay=true", *exploration)
     full = Trainer(cfg, tmp_path / "full")
     full.train(progress=False)
 

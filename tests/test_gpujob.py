@@ -52,6 +52,9 @@ def test_dry_run_returns_resumable_runs_and_a_second_window_resumes_them(tmp_pat
         assert (into / run / CHECKPOINT).is_file() and (agents / run / "agent.pt").is_file()
         # a run folder as notebook 02 plots it: its config says how it was trained
         assert trained_with_carry_z(into / run) == run.endswith("carry-z")
+        # and explored as the authors' runs of its condition did
+        config = json.loads((into / run / "config.json").read_text())
+        assert config["train"]["eps_mode"] == ("per_env" if run.endswith("carry-z") else "batch")
 
     info2 = _job(tmp_path / "out2", tmp_path, carried=into)
     for run in RUNS:

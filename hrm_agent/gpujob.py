@@ -676,7 +676,8 @@ def history_markdown(into: str | Path) -> str:
              "window) and each run's `metrics.jsonl` (its whole history). Each folder's",
              "`checkpoint.pt` resumes the run in the next window (`gpu-job --from pretrained/gpu-runs`);",
              "it holds no replay buffer, so every window starts by refilling it (the run's",
-             "`resume` records say so).", "",
+             "`resume` records say so). The Carry Z runs explore with an ε coin per env, the Reset Z",
+             "runs with one coin for the whole batch, as the authors' runs of each condition did.", "",
              "| run | windows | optimizer steps | GPU minutes | steps/s (last window) | best validation success (step) |",
              "|---|---|---|---|---|---|"]
     for name in RUNS:

@@ -286,8 +286,11 @@ def test_an_emulated_graph_replays_tensor_state_and_freezes_python_values():
     assert counter.item() == 3.0
 
 
-@pytest.mark.parametrize("overrides", [("train.carry_z=true",), ("train.carry_z=false",),
-                                       ("train.carry_z=true", "train.n_step=3")])
+@pytest.mark.parametrize("overrides", [
+    ("train.carry_z=true",), ("train.carry_z=false",), ("train.carry_z=true", "train.n_step=3"),
+    # the acting graph captured mid-run, after random steps that did not run the model
+    ("train.carry_z=false", "train.eps_mode='batch'", "train.eps_start=0.5"),
+])
 def test_a_short_run_under_emulated_cuda_graphs_is_the_eager_run(overrides, monkeypatch):
     """What the trainer captures (acting forward; targets + every optimizer step of a minibatch)
     is safe to graph: replayed with CUDA graph semantics on a CPU (`graph_replay`), a run is

@@ -14,7 +14,7 @@ import torch
 from hrm_agent.cli import main
 from hrm_agent.gpujob import atomic_write, gpu_job, import_window
 from hrm_agent.plots import trained_with_carry_z
-from hrm_agent.trainer import CHECKPOINT, METRICS
+from hrm_agent.trainer import CHECKPOINT, CONFIG, METRICS
 
 RUNS = ["fourrooms-carry-z", "maze-reset-z"]
 
@@ -53,7 +53,7 @@ def test_dry_run_returns_resumable_runs_and_a_second_window_resumes_them(tmp_pat
         # a run folder as notebook 02 plots it: its config says how it was trained
         assert trained_with_carry_z(into / run) == run.endswith("carry-z")
         # and explored as the authors' runs of its condition did
-        config = json.loads((into / run / "config.json").read_text())
+        config = json.loads((into / run / CONFIG).read_text())
         assert config["train"]["eps_mode"] == ("per_env" if run.endswith("carry-z") else "batch")
 
     info2 = _job(tmp_path / "out2", tmp_path, carried=into)

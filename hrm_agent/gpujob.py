@@ -55,7 +55,7 @@ from typing import Any
 
 import torch
 
-from hrm_agent.bench import last_partial
+from hrm_agent.bench import error_line, last_partial
 from hrm_agent.checkpoint import CheckpointError, config_diff, load_checkpoint, save_checkpoint
 from hrm_agent.experiment import load_profile
 from hrm_agent.trainer import (BEST, CHECKPOINT, CONFIG, EXTENDABLE, METRICS, PATHS, _better,
@@ -164,16 +164,39 @@ class Log:
             f.write(line + "\n")
 
     def tail(self, what: str, output: str, lines: int = TAIL_LINES) -> None:
-        """The last `lines` lines of a failed subprocess's `output`: job.log is what comes back
-        of a window, and a traceback in it is what the next session fixes the failure from."""
+        """The last `lines` lines of a failed subprocess's `output`, after its traceback's frames
+        in this package (`our_frames`): job.log is what comes back of a window, and a traceback
+        in it is what the next session fixes the failure from."""
         last = output.strip().splitlines()[-lines:] or ["(no output)"]
-        self(f"{what}; the end of its output:\n"
-             + "\n".join("    " + line[:300] for line in last))
+        ours = our_frames(output)
+        self(f"{what}; " + (f"its traceback in hrm_agent:\n{_indent(ours)}\nand " if ours else "")
+             + f"the end of its output:\n{_indent(last)}")
 
 
-def last_line(output: str) -> str:
-    """What a failed subprocess said last (its error, usually), cut to one short line."""
-    return (output.strip().splitlines() or ["no output"])[-1][:300]
+def _indent(lines: list[str]) -> str:
+    return "\n".join("    " + line[:300] for line in lines)
+
+
+def our_frames(output: str) -> list[str]:
+    """The frames of the last traceback in `output` that lie in this package, each with its
+    source line: where a failure raised deep inside torch came from (the end of the output
+    shows torch's frames only), e.g. acting or learning, a warm-up call or the capture."""
+    lines = output.splitlines()
+    start = max((i for i, line in enumerate(lines) if line.startswith("Traceback")), default=None)
+    if start is None:
+        return []
+    frames, ours = [], False
+    for line in lines[start + 1:]:
+        if line.lstrip().startswith('File "'):
+            ours = f"{os.sep}hrm_agent{os.sep}" in line
+            if ours:
+                frames.append(line.strip())
+        elif ours and line.startswith("    ") and line.strip().strip("^~ "):
+            frames.append("  " + line.strip())
+            ours = False
+        elif not line.startswith(" "):
+            ours = False
+    return frames
 
 
 def atomic_write(path: Path, write) -> None:
@@ -315,7 +338,7 @@ class Job:
             return {"ok": False, "reason": f"timed out after {timeout_s:.0f} s",
                     "stderr": (error.stderr or b"").decode(errors="replace")}
         if proc.returncode:
-            return {"ok": False, "reason": last_line(proc.stderr or proc.stdout),
+            return {"ok": False, "reason": error_line(proc.stderr or proc.stdout),
                     "stderr": proc.stderr}
         return {"ok": True, "stdout": proc.stdout}
 
@@ -483,7 +506,7 @@ class Job:
             return
         run.state = "failed"
         output = (run.dir / "train.log").read_text()
-        run.error = last_line(output)
+        run.error = error_line(output)
         self.log(f"{run.name}: failed (exit {code}): {run.error}")
         self.log.tail(f"{run.name}: train.log", output)
         if run.fast and run.deadline - now > MIN_RUN_S:  # a step down (the module's docstring)
@@ -681,7 +704,9 @@ def history_markdown(into: str | Path) -> str:
              "| run | windows | optimizer steps | GPU minutes | steps/s (last window) | best validation success (step) |",
              "|---|---|---|---|---|---|"]
     for name in RUNS:
-        own = [w for w in windows if name in w["runs"] and w["runs"][name]["step"] > 0]
+        # the windows it trained in (one that skipped it lists it too, at its carried step)
+        own = [w for w in windows if name in w["runs"] and w["runs"][name]["step"] > 0
+               and w["runs"][name].get("wall_s", 0) > 0]
         if not own:
             continue
         vals = [r for r in read_records(into / name / METRICS)[0] if r["kind"] == "val"]
@@ -802,19 +827,23 @@ def tilings_markdown(windows: list[dict[str, Any]]) -> list[str]:
              "µs per block pass (bf16 weights; fp32 weights in parentheses), and the largest "
              f"difference from the reference tiling's blocks ({result['reference']}). Trained "
              f"at: {trained}.", "",
-             "| tiling | " + " | ".join(shapes) + " | max difference |",
+             _row(["tiling", *shapes, "max difference (or error, and at which launch)"]),
              "|---|" + "---|" * (len(shapes) + 1)]
     for name, entry in result["tilings"].items():
         rows = entry.get("shapes")
         if not rows:
-            lines.append(f"| {name} | " + " | ".join(["-"] * len(shapes))
-                         + f" | {entry.get('error', '-')[:80]} |")
+            at = f" (at: {entry['at']})" if entry.get("at") else ""
+            lines.append(_row([name, *["-"] * len(shapes), entry.get("error", "-")[:80] + at]))
             continue
         cells = [f"{rows[s]['us_per_pass']} ({rows[s]['us_per_pass_fp32_weights']})"
                  if "us_per_pass" in rows.get(s, {}) else "-" for s in shapes]
         worst = max(r["max_diff"] if r["finite"] else math.inf for r in rows.values())
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {worst:.3g} |")
+        lines.append(_row([name, *cells, f"{worst:.3g}"]))
     return lines
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
 
 
 def _checked_rates(result: dict[str, Any] | None, modes: list[str],

@@ -536,6 +536,60 @@ def test_a_failed_bench_leaves_its_traceback_in_the_job_log(tmp_path, monkeypatc
     assert frames[-29] in log and frames[-30] not in log  # the last 30 lines, no more
 
 
+def test_a_failure_deep_in_torch_is_logged_with_the_frames_of_ours_that_led_there(tmp_path):
+    """A CUDA error surfaces 30 frames into torch: the end of the output alone does not say
+    whether acting or learning, a warm-up call or the capture, ran into it."""
+    from hrm_agent.bench import error_line
+    from hrm_agent.gpujob import Log
+
+    torch_frames = [f'  File "/opt/torch/lib/torch/_ops.py", line {n}, in __call__\n'
+                    f'    return self._op(*args, **kwargs)\n           ^^^^^^^^^^^^^^^' for n in range(40)]
+    output = "\n".join([
+        "step 256 loss 2.1",
+        "Traceback (most recent call last):",  # an earlier, chained exception: not this failure's
+        '  File "/repo/hrm_agent/checkpoint.py", line 9, in load', "    raise KeyError(name)",
+        "KeyError: 'x'", "", "During handling of the above exception, another exception occurred:",
+        "", "Traceback (most recent call last):",
+        '  File "/repo/hrm_agent/trainer.py", line 290, in learn', "    loss_sum = self.learn_minibatch(batch)",
+        "               ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^",
+        '  File "/repo/hrm_agent/graphs.py", line 66, in _capture',
+        "    self.static_out = self.fn(*self.static_args)",
+        '  File "<eval_with_key>.3", line 5, in forward',
+        *torch_frames, "torch.AcceleratorError: CUDA error: an illegal memory access was encountered",
+        "For debugging consider passing CUDA_LAUNCH_BLOCKING=1",
+        "Compile with `TORCH_USE_CUDA_DSA` to enable device-side assertions."])
+    # the error that job.json keeps: the line that names it, not torch's advice after it
+    assert error_line(output) == ("torch.AcceleratorError: CUDA error: an illegal memory access "
+                                  "was encountered")
+    assert error_line("exit 2: no traceback\n") == "exit 2: no traceback"
+    Log(tmp_path / "job.log").tail("run: train.log", output)
+    log = (tmp_path / "job.log").read_text()
+    ours, end = log.split("and the end of its output:")
+    assert ours.splitlines()[1:] == [
+        '    File "/repo/hrm_agent/trainer.py", line 290, in learn',
+        "      loss_sum = self.learn_minibatch(batch)",
+        '    File "/repo/hrm_agent/graphs.py", line 66, in _capture',
+        "      self.static_out = self.fn(*self.static_args)"]
+    assert end.strip().endswith("to enable device-side assertions.")
+    Log(tmp_path / "plain.log").tail("bench", "exit 2: no traceback")
+    assert "bench; the end of its output:\n    exit 2: no traceback" in (tmp_path / "plain.log").read_text()
+
+
+def test_the_runs_readme_counts_the_windows_a_run_trained_in_not_those_that_skipped_it(tmp_path):
+    """A window with no time left for a run lists it at its carried step, untrained."""
+    from hrm_agent.gpujob import history_markdown
+
+    def window(step, wall_s):
+        run = {"step": step, "start_step": 0, "wall_s": wall_s, "optimizer_steps_per_s": 100.0}
+        return json.dumps({"date": "2026-12-01", "report": {}, "runs": {RUNS[0]: run}})
+
+    (tmp_path / "windows.jsonl").write_text("\n".join(
+        [window(1000, 20.0), window(3000, 40.0), window(3000, 0.0), window(3000, 0.0)]) + "\n")
+    (tmp_path / RUNS[0]).mkdir()
+    (tmp_path / RUNS[0] / METRICS).write_text("")
+    assert f"| `{RUNS[0]}` | 2 | 3,000 | 1.0 | 100.0 | - |" in history_markdown(tmp_path)
+
+
 def test_the_runs_readme_reports_each_windows_bench_and_the_busiest_kernels():
     from hrm_agent.gpujob import bench_markdown
 
@@ -597,6 +651,14 @@ def test_the_runs_readme_shows_the_last_windows_tilings_and_the_one_trained_at()
     assert "| t64_64_4_1_128_0 | 25.0 (35.0) | 25.0 (35.0) | 0 |" in text
     assert "| t128_128_8_3_0_0 | - | - | illegal memory access |" in text
     assert tilings_markdown([{"date": "2026-12-02"}]) == []
+    # every tiling failed (as on an H100, 2026-11-27): a table of two columns, and where each failed
+    for entry in result["tilings"].values():
+        entry.pop("shapes", None)
+        entry.update(error="illegal memory access", at="144 positions, no injection, fp32 weights")
+    table = [line for line in tilings_markdown(windows) if line.startswith("|")]
+    assert {line.count("|") for line in table} == {3}, table
+    assert ("| t64_64_4_1_128_0 | illegal memory access (at: 144 positions, no injection, fp32 "
+            "weights) |") in table
 
 
 def test_bench_maze_measures_the_maze_too_and_the_decision_stays_four_rooms(tmp_path, monkeypatch):

@@ -9,8 +9,9 @@ calls), and each tiling's blocks are compared with those of the reference tiling
 (`fused.TILING`). The GPU job trains at the fastest tiling whose blocks are the reference's
 (`fastest_tiling`). Each tiling runs in a process of its own, one after another, after all
 have compiled in parallel into Triton's cache: a tiling that faults (128x128 did on an H100)
-cannot take the others with it; the result so far goes to stderr after each (`so_far`). On a
-CPU, Triton's interpreter runs the comparison at batch 1, untimed. `--quick`: batch 64.
+cannot take the others with it, and its error says at which launch it failed ("at"); the
+result so far goes to stderr after each (`so_far`). On a CPU, Triton's interpreter runs the
+comparison at batch 1, untimed. `--quick`: batch 64.
 """
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ import sys
 
 import torch
 
-from hrm_agent.bench import so_far
+from hrm_agent.bench import error_line, so_far
 
 # (query rows, key rows, warps, stages, register cap or 0, heads at once). Compiled for sm_90 at
 # four-rooms' 122 positions: the reference, (64, 64, 4, 3, 0, 0), takes 229 registers and 72 KB
@@ -43,6 +44,7 @@ SEQ_LENS = (121, 143)  # four-rooms, maze (+1 position: the task token)
 REPS, ROUNDS = 16, 10
 TIMEOUT_S = 300
 MAX_DIFF = 0.125  # see `fastest_tiling`
+AT = "at: "  # a tiling process's stage, on stderr (`_done`)
 
 
 def _graph_time_us(fn) -> float:
@@ -82,19 +84,34 @@ def measure(tiling: tuple[int, ...], batch: int, timed: bool) -> dict[str, dict]
         fp32 = block_args(block, rope)
         x, inj = (torch.randn(batch, seq_len + 1, 64, device=device).bfloat16() for _ in range(2))
         for injected in (True, False):
+            shape = f"{seq_len + 1} positions, {'with' if injected else 'no'} injection"
             args = (x, inj if injected else None, *bf16)
-            out = launch(*args, tiling=tiling)
             args32 = (x, inj if injected else None, *fp32)
-            row = {"max_diff": (out.float() - launch(*args).float()).abs().max().item(),
-                   "max_diff_fp32_weights": (out.float() - launch(*args32, tiling=tiling).float()
-                                             ).abs().max().item(),
+            out = _done(f"{shape}, bf16 weights", lambda: launch(*args, tiling=tiling))
+            reference = _done(f"{shape}, the reference tiling", lambda: launch(*args))
+            out32 = _done(f"{shape}, fp32 weights", lambda: launch(*args32, tiling=tiling))
+            row = {"max_diff": (out.float() - reference.float()).abs().max().item(),
+                   "max_diff_fp32_weights": (out.float() - out32.float()).abs().max().item(),
                    "finite": bool(out.isfinite().all())}
             if timed:
-                row["us_per_pass"] = _graph_time_us(lambda: launch(*args, tiling=tiling))
-                row["us_per_pass_fp32_weights"] = _graph_time_us(
-                    lambda: launch(*args32, tiling=tiling))
-            rows[f"{seq_len + 1} positions, {'with' if injected else 'no'} injection"] = row
+                row["us_per_pass"] = _done(f"{shape}, bf16 weights, timed", lambda: _graph_time_us(
+                    lambda: launch(*args, tiling=tiling)))
+                row["us_per_pass_fp32_weights"] = _done(
+                    f"{shape}, fp32 weights, timed",
+                    lambda: _graph_time_us(lambda: launch(*args32, tiling=tiling)))
+            rows[shape] = row
     return rows
+
+
+def _done(stage: str, fn):
+    """`fn()`, finished on the GPU, after naming `stage` on stderr: a fault's error says what
+    went wrong, not which launch (CUDA reports it at a later call), so the last stage named is
+    where it happened."""
+    print(AT + stage, file=sys.stderr, flush=True)
+    result = fn()
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    return result
 
 
 def tiling_name(tiling) -> str:
@@ -138,7 +155,10 @@ def run(quick: bool = False, tilings: list[tuple[int, ...]] | None = None) -> di
             if proc.returncode == 0:
                 result["shapes"] = json.loads(lines[-1])
             else:
-                result["error"] = lines[-1] if lines else f"exit {proc.returncode}"
+                result["error"] = error_line(proc.stderr) if lines else f"exit {proc.returncode}"
+                stages = [line[len(AT):] for line in lines if line.startswith(AT)]
+                if stages:
+                    result["at"] = stages[-1]
         so_far(run_result)
     return run_result
 

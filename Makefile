@@ -48,8 +48,7 @@ test: setup
 # CPU tests that CI runs.
 # test_fused runs whole there: its kernels on the GPU instead of Triton's interpreter.
 CUDA_TESTS := tests/test_envs.py tests/test_model.py tests/test_trainer.py tests/test_fused.py \
-	tests/test_fast_path.py tests/test_optim.py tests/test_fused_swiglu.py \
-	tests/test_fused_attention.py
+	tests/test_fast_path.py tests/test_optim.py tests/test_fused_swiglu.py
 test-cuda:
 	$(PYTHON) -m pytest -o addopts="" -p no:cacheprovider -ra -k "(cuda or fused) and not emulated" \
 	  $(CUDA_TESTS)

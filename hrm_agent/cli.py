@@ -182,8 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="override a profile field, e.g. --set train.lr=3e-4 (repeatable); with "
                    "--resume only train.total_steps, train.max_minutes, train.num_threads, "
                    "train.compile, train.cuda_graphs, train.fused_blocks, "
-                   "train.fused_optimizer, train.fused_swiglu, train.fused_attention, "
-                   "model.attn_backend")
+                   "train.fused_optimizer, train.fused_swiglu, model.attn_backend")
     p.add_argument("--out", type=out_dir, required=True,
                    help="run directory (checkpoint, metrics.jsonl)")
     p.add_argument("--resume", action="store_true",

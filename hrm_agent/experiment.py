@@ -106,9 +106,6 @@ class TrainConfig:
     # the SwiGLUs' hidden layer as one Triton kernel forward and one backward, which never store
     # the gate/up output; "auto": on CUDA, where triton runs the model's SwiGLUs
     fused_swiglu: Literal["auto", "on", "off"] = "auto"
-    # RoPE attention as one Triton kernel forward and two backward, from the qkv projection to
-    # o_proj's input; "auto": on CUDA, where triton runs the model's attention
-    fused_attention: Literal["auto", "on", "off"] = "auto"
 
     def __post_init__(self):
         positive = ["total_steps", "n_step", "batch_size", "buffer_capacity", "env_steps_per_batch",
@@ -165,6 +162,11 @@ def experiment_from_dict(data: dict[str, Any]) -> ExperimentConfig:
         train_data.setdefault("compile", "on" if legacy is True else "auto")
     if isinstance(train_data.get("fused_blocks"), bool):  # a bool before "auto" (false: default)
         train_data["fused_blocks"] = "on" if train_data["fused_blocks"] else "auto"
+    # removed (its backward was slower than cuDNN's on an H100): stored configs name it, and
+    # "auto" or "off" now both mean what it means everywhere else, SDPA attention
+    if train_data.pop("fused_attention", "off") == "on":
+        raise ConfigError("train.fused_attention was removed: attention runs SDPA's kernels "
+                          "(cuDNN's flash attention on an H100, faster than ours was)")
     model = model_config({"seq_len": env.seq_len, "grid_width": env.grid_width, **model_data})
     train = build(TrainConfig, train_data, prefix="train.")
     return ExperimentConfig(env=env, model=model, train=train,

@@ -90,7 +90,7 @@ BENCH_TIMEOUT_S = 360
 # the fused blocks alone first (an H100 trained on them), so that a newer kernel which breaks
 # its process cannot take their measurement with it.
 FUSED = {"fused-blocks": "the fused blocks",
-         "fused": "the fused blocks, AdamATan2, SwiGLU and attention"}
+         "fused": "the fused blocks, AdamATan2 and SwiGLU"}
 TILINGS_TIMEOUT_S = 300  # `bench fused`: its tilings compile in parallel, then ~10 s each
 MIN_RUN_S = 30  # a run starts (or, its path failed, restarts a step down) only with this much time left
 # The runs get SIGTERM STOP_S before the budget's end (a paper run checkpointed and exited within
@@ -135,7 +135,6 @@ def report() -> dict[str, Any]:
 # Training code the job's process never imports (a run imports it when it asks for it).
 LAZY = {"hrm_agent.models.fused": Path(__file__).parent / "models" / "fused.py",
         "hrm_agent.models.fused_swiglu": Path(__file__).parent / "models" / "fused_swiglu.py",
-        "hrm_agent.models.fused_attention": Path(__file__).parent / "models" / "fused_attention.py",
         "hrm_agent.fused_optim": Path(__file__).parent / "fused_optim.py"}
 
 
@@ -264,7 +263,8 @@ class Job:
         self.carried = carried
         self.log = Log(out / "job.log")
         self.info: dict[str, Any] = {"report": report(), "device": device, "minutes": minutes,
-                                     "parallel": parallel, "toy": toy, "runs": {}}
+                                     "parallel": parallel, "toy": toy, "kernels": FUSED,
+                                     "runs": {}}
         self.runs = [self._prepare(name) for name in runs]
         if fewest_steps_first:
             self.runs.sort(key=lambda run: run.start_step)
@@ -739,8 +739,11 @@ def fused_mode(window: dict[str, Any]) -> str:
 
 
 def _kernels_of(window: dict[str, Any], mode: str) -> str:
-    """What `mode` of `FUSED` ran in `window` (in the windows that recorded no mode's name,
-    "fused" was the fused blocks alone)."""
+    """What `mode` of `FUSED` ran in `window`, as it recorded (a mode's kernels change with the
+    code); in the windows before that, as `FUSED` says, and in those that recorded no mode's
+    name, "fused" was the fused blocks alone."""
+    if "kernels" in window:
+        return window["kernels"][mode]
     return FUSED["fused-blocks" if not isinstance(window.get("fused"), str) else mode]
 
 
@@ -749,7 +752,7 @@ def _trained_on(window: dict[str, Any]) -> str:
     verdict, and which runs failed on that path (and were retried a step down)."""
     if not window.get("fast"):
         return "eager"
-    path = f"fast with {FUSED[fused_mode(window)]}" if window.get("fused") else "fast"
+    path = f"fast with {_kernels_of(window, fused_mode(window))}" if window.get("fused") else "fast"
     by = window.get("fast_verified_by")
     how = (f"{path}, unmeasured" if not _measured_fast(window)
            else f"{path}, as measured on {by}" if by else path)

@@ -49,7 +49,7 @@ from hrm_agent.evaluate import evaluate
 from hrm_agent.experiment import ExperimentConfig, TrainConfig, experiment_from_dict, load_profile
 from hrm_agent.graphs import CUDAGraphed
 from hrm_agent.models import QNetwork, Seed, build_model
-from hrm_agent.models.layers import Attention, SwiGLU
+from hrm_agent.models.layers import SwiGLU
 from hrm_agent.optim import make_optimizers, set_lr
 from hrm_agent.replay import ReplayBuffer
 from hrm_agent.schedules import linear_schedule, warmup_constant
@@ -63,15 +63,13 @@ DEFAULT_PROFILE = "cpu-fourrooms"
 # checkpoint's tensors.
 EXTENDABLE = ("train.total_steps", "train.max_minutes", "train.num_threads", "train.compile",
               "train.cuda_graphs", "train.fused_blocks", "train.fused_optimizer",
-              "train.fused_swiglu", "train.fused_attention", "model.attn_backend")
+              "train.fused_swiglu", "model.attn_backend")
 
 
 # Our kernels for layers of the blocks that carry gradient, by train setting: the layer they
 # run, their name, and the function that puts them in a model (its module imports triton).
 LAYER_KERNELS = {
-    "fused_swiglu": (SwiGLU, "fused SwiGLU", "hrm_agent.models.fused_swiglu.use_fused_swiglu"),
-    "fused_attention": (Attention, "fused attention",
-                        "hrm_agent.models.fused_attention.use_fused_attention")}
+    "fused_swiglu": (SwiGLU, "fused SwiGLU", "hrm_agent.models.fused_swiglu.use_fused_swiglu")}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -86,12 +84,13 @@ def resolve_device(name: str) -> torch.device:
 # torch.compile plus, on CUDA, CUDA graphs; "fused" is "fast" with every Triton kernel of our own:
 # the HRM's gradient-free updates as one kernel per block (`models/fused.py`), AdamATan2's update
 # as one per parameter (`fused_optim.py`), and in the blocks that carry gradient the SwiGLUs'
-# hidden layer (`fused_swiglu.py`) and RoPE attention (`fused_attention.py`);
+# hidden layer (`fused_swiglu.py`); their attention stays SDPA's (cuDNN's flash attention on an
+# H100, whose backward took a fifth of the time of a Triton one of ours, since removed);
 # "fused-blocks" with the block kernels only, as an H100 trained on them (the GPU job's
 # fallback, should "fused" fail its check). CUDA only.
 PATHS = {mode: [f"train.compile='{compiled}'", f"train.cuda_graphs='{graphs}'",
                 f"train.fused_blocks='{blocks}'", f"train.fused_optimizer='{others}'",
-                f"train.fused_swiglu='{others}'", f"train.fused_attention='{others}'"]
+                f"train.fused_swiglu='{others}'"]
          for mode, compiled, graphs, blocks, others in (
              ("eager", "off", "off", "off", "off"), ("fast", "on", "auto", "off", "off"),
              ("fused-blocks", "on", "auto", "on", "off"), ("fused", "on", "auto", "on", "on"))}

@@ -76,7 +76,7 @@ def test_a_mode_that_raises_fails_its_check_and_the_other_modes_still_run(tiny_p
 
     def time_mode(name, mode, *args):
         if mode == "fast":
-            raise ValueError("train.fused_attention needs a model with Attention layers")
+            raise ValueError("train.fused_swiglu needs a model with SwiGLU layers")
         return {"optimizer_steps_per_s": 1.0}
 
     monkeypatch.setattr(bench_train, "check_mode", check_mode)
@@ -86,7 +86,7 @@ def test_a_mode_that_raises_fails_its_check_and_the_other_modes_still_run(tiny_p
     assert result["fused_check"] == {
         "ok": False, "error": "RuntimeError: CUDA error: an illegal memory access was encountered"}
     assert result["fast_path_check"] == {
-        "ok": False, "error": "ValueError: train.fused_attention needs a model with Attention layers"}
+        "ok": False, "error": "ValueError: train.fused_swiglu needs a model with SwiGLU layers"}
     assert result["fused-blocks_check"] == {"ok": True}
     assert sorted(result[tiny_profile]) == ["batch_size", "bytes_per_step", "eager", "fused-blocks",
                                             "num_envs"]

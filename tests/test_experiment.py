@@ -72,3 +72,17 @@ def test_a_config_from_when_fused_blocks_was_a_bool_loads():
         data = load_profile("paper-fourrooms").to_dict()
         data["train"]["fused_blocks"] = stored
         assert experiment_from_dict(data).train.fused_blocks == now
+
+
+def test_a_config_that_names_the_removed_fused_attention_loads_unless_it_asks_for_it():
+    """The GPU runs' checkpoints store "auto" or "off" (now SDPA attention, as everywhere);
+    asking for the kernel is an error that says it is gone."""
+    data = load_profile("paper-fourrooms").to_dict()
+    for stored in ("auto", "off"):
+        data["train"]["fused_attention"] = stored
+        assert experiment_from_dict(data).to_dict() == load_profile("paper-fourrooms").to_dict()
+    data["train"]["fused_attention"] = "on"
+    with pytest.raises(ConfigError, match="train.fused_attention was removed"):
+        experiment_from_dict(data)
+    with pytest.raises(ConfigError, match="train.fused_attention was removed"):
+        load_profile("paper-fourrooms", ["train.fused_attention='on'"])

@@ -437,7 +437,11 @@ def test_a_reused_verdict_keeps_its_choice_of_the_fused_blocks_and_their_tiling(
     (_window("12-02", bench=False, reused="12-01", fused=True),  # as windows recorded it once
      "fast with the fused blocks, as measured on 12-01"),
     (_window("12-02", bench=False, reused="12-01", fused="fused"),
-     "fast with the fused blocks, AdamATan2, SwiGLU and attention, as measured on 12-01"),
+     "fast with the fused blocks, AdamATan2 and SwiGLU, as measured on 12-01"),
+    # a window that recorded its modes' kernels is described by them, whatever they are now
+    ({**_window("12-02", bench=False, reused="12-01", fused="fused"),
+      "kernels": {"fused": "the fused blocks and a kernel since removed"}},
+     "fast with the fused blocks and a kernel since removed, as measured on 12-01"),
     (_window("12-01", bench=False, fused="fused-blocks", error="illegal memory access"),
      "fast with the fused blocks, unmeasured; fourrooms-carry-z failed on it and was retried "
      "on a slower path"),
@@ -623,7 +627,7 @@ def test_the_runs_readme_reports_each_windows_bench_and_the_busiest_kernels():
     fused["kernels"] = {"ms_per_step": 2.0, "busy": 0.9, "top": [
         {"name": "_block_kernel", "calls_per_step": 64.0, "ms_per_step": 1.0, "share": 0.5}]}
     text = "\n".join(bench_markdown(windows))
-    assert ("Busiest kernels of the fast path with the fused blocks, AdamATan2, SwiGLU and attention, "
+    assert ("Busiest kernels of the fast path with the fused blocks, AdamATan2 and SwiGLU, "
             "paper-fourrooms, 2026-12-01") in text
     del windows[0]["fused"]  # a window of before the modes had names: "fused" was the blocks
     assert "fast path with the fused blocks, paper-fourrooms" in "\n".join(bench_markdown(windows))

@@ -299,11 +299,9 @@ def check_fused_bf16(device: torch.device, seq_len: int = 121, batch: int = 8) -
 
 
 def check_fused_layers_bf16(device: torch.device, seq_len: int = 122, batch: int = 8) -> dict:
-    """The fused attention and SwiGLU in bf16, which the fp32 CHECK run does not exercise either:
-    a paper-size block's output and gradients (at x and at its four weights) against fp32, with
-    our kernels and eager, each through autocast. ok: ours no worse than eager by 20% on every
-    one of them."""
-    from hrm_agent.models.fused_attention import use_fused_attention
+    """The fused SwiGLU in bf16, which the fp32 CHECK run does not exercise either: a paper-size
+    block's output and gradients (at x and at its four weights) against fp32, with our kernel and
+    eager, each through autocast. ok: ours no worse than eager by 20% on every one of them."""
     from hrm_agent.models.fused_swiglu import use_fused_swiglu
     from hrm_agent.models.layers import Block, RotaryEmbedding, sequence_angles
 
@@ -311,7 +309,6 @@ def check_fused_layers_bf16(device: torch.device, seq_len: int = 122, batch: int
     blocks = {name: Block(64, 2, 4.0, "auto").to(device) for name in ("exact", "eager", "fused")}
     for block in blocks.values():
         block.load_state_dict(blocks["exact"].state_dict())
-    use_fused_attention(blocks["fused"])
     use_fused_swiglu(blocks["fused"])
     rope = RotaryEmbedding(sequence_angles(32, seq_len, 10_000.0)).to(device)
     x = torch.randn(batch, seq_len, 64, device=device)

@@ -163,15 +163,10 @@ class Attention(nn.Module):
         self.backend = backend
         self.qkv_proj = lecun_linear(hidden_size, 3 * hidden_size)
         self.o_proj = lecun_linear(hidden_size, hidden_size)
-        # RoPE and attention from qkv in one op, when set: the Triton kernels of
-        # `fused_attention.use_fused_attention`, forward and backward
-        self.fused = None
 
     def forward(self, x: Tensor, rope: RotaryEmbedding | RopeTables) -> Tensor:
         b, s, d = x.shape
         qkv = self.qkv_proj(x)
-        if self.fused is not None:
-            return self.o_proj(self.fused(qkv, rope.cos, rope.sin, self.num_heads))
         q, k, v = qkv.view(b, s, 3, self.num_heads, self.head_dim).unbind(2)
         out = attention(rope(q), rope(k), v, select_backend(self.backend, x))
         return self.o_proj(out.reshape(b, s, d))

@@ -813,9 +813,9 @@ def bench_markdown(windows: list[dict[str, Any]]) -> list[str]:
 
 
 def tilings_markdown(windows: list[dict[str, Any]]) -> list[str]:
-    """The last window's `bench fused`: µs per block pass of each tiling at each shape, with
-    the weights in bf16 (as training passes them; in fp32 in parentheses), and the tiling the
-    fused path trained at."""
+    """The last window's `bench fused`: µs per block pass of each tiling at each shape (what a
+    tiling measured before it failed, and where it failed), and the tiling the fused path
+    trained at."""
     from hrm_agent.bench.fused import tiling_name
 
     window = next((w for w in reversed(windows) if _measured(w.get("bench_tilings"))), None)
@@ -823,25 +823,23 @@ def tilings_markdown(windows: list[dict[str, Any]]) -> list[str]:
         return []
     trained = tiling_name(window["tiling"]) if window.get("tiling") else "the reference"
     result = _measured(window["bench_tilings"])
-    entries = [e for e in result["tilings"].values() if e.get("shapes")]
-    shapes = list(entries[0]["shapes"]) if entries else []
+    shapes = list(dict.fromkeys(s for e in result["tilings"].values() for s in e.get("shapes", {})))
     lines = ["", f"## The fused block kernel's tilings (`bench fused`, {window['date']}, "
              f"{result['device']}, batch {result['batch']})", "",
-             "µs per block pass (bf16 weights; fp32 weights in parentheses), and the largest "
-             f"difference from the reference tiling's blocks ({result['reference']}). Trained "
-             f"at: {trained}.", "",
+             "µs per block pass (bf16 weights, as training passes them), and the largest "
+             f"difference from the reference tiling's blocks ({result['reference']}), or the "
+             f"error that stopped the tiling's process. Trained at: {trained}.", "",
              _row(["tiling", *shapes, "max difference (or error, and at which launch)"]),
              "|---|" + "---|" * (len(shapes) + 1)]
     for name, entry in result["tilings"].items():
-        rows = entry.get("shapes")
-        if not rows:
-            at = f" (at: {entry['at']})" if entry.get("at") else ""
-            lines.append(_row([name, *["-"] * len(shapes), entry.get("error", "-")[:80] + at]))
-            continue
-        cells = [f"{rows[s]['us_per_pass']} ({rows[s]['us_per_pass_fp32_weights']})"
-                 if "us_per_pass" in rows.get(s, {}) else "-" for s in shapes]
-        worst = max(r["max_diff"] if r["finite"] else math.inf for r in rows.values())
-        lines.append(_row([name, *cells, f"{worst:.3g}"]))
+        rows = entry.get("shapes", {})
+        cells = [str(rows[s]["us_per_pass"]) if "us_per_pass" in rows.get(s, {}) else "-"
+                 for s in shapes]
+        if "error" in entry:
+            last = entry["error"][:80] + (f" (at: {entry['at']})" if entry.get("at") else "")
+        else:
+            last = f"{max(r['max_diff'] if r['finite'] else math.inf for r in rows.values()):.3g}"
+        lines.append(_row([name, *cells, last]))
     return lines
 
 

@@ -350,8 +350,10 @@ def test_the_fastest_tiling_is_one_that_computes_the_reference_blocks():
     from hrm_agent.bench.fused import fastest_tiling
 
     result = _tilings(t64_64_4_3_0_0=40.0, t64_64_4_1_128_0=30.0, t64_64_4_1_168_0=20.0,
-                      t32_64_4_3_0_0=10.0, t128_64_8_3_0_0=5.0, t128_128_8_3_0_0=None)
+                      t32_64_4_3_0_0=10.0, t128_64_8_3_0_0=5.0, t128_128_8_3_0_0=None,
+                      t64_64_8_1_128_0=1.0)
     shapes = result["tilings"]
+    shapes["t64_64_8_1_128_0"]["error"] = "illegal memory access"  # at a shape after those timed
     next(iter(shapes["t32_64_4_3_0_0"]["shapes"].values()))["max_diff"] = 0.5  # other blocks
     next(iter(shapes["t128_64_8_3_0_0"]["shapes"].values()))["finite"] = False  # NaN
     del next(iter(shapes["t64_64_4_1_168_0"]["shapes"].values()))["us_per_pass"]  # not timed
@@ -643,26 +645,29 @@ def test_the_runs_readme_reports_each_windows_bench_and_the_busiest_kernels():
 def test_the_runs_readme_shows_the_last_windows_tilings_and_the_one_trained_at():
     from hrm_agent.gpujob import tilings_markdown
 
-    result = _tilings(t64_64_4_3_0_0=40.0, t64_64_4_1_128_0=25.0, t128_128_8_3_0_0=None)
-    for entry in result["tilings"].values():
-        for row in entry.get("shapes", {}).values():
-            row["us_per_pass_fp32_weights"] = row["us_per_pass"] + 10
+    result = _tilings(t64_64_4_3_0_0=40.0, t64_64_4_1_128_0=25.0, t128_128_8_3_0_0=None,
+                      t64_64_8_1_128_0=20.0)
+    partial = result["tilings"]["t64_64_8_1_128_0"]  # timed at one shape, then it faulted
+    partial["shapes"].pop("122 positions, no injection")
+    partial.update(error="illegal memory access", at="122 positions, no injection")
     windows = [{"date": "2026-12-01", "bench_tilings": {"ok": True, "result": result},
                 "tiling": [64, 64, 4, 1, 128, 0]}, {"date": "2026-12-02"}]
     text = "\n".join(tilings_markdown(windows))
     assert "(`bench fused`, 2026-12-01, NVIDIA H100 80GB HBM3, batch 256)" in text
     assert "Trained at: 64x64, 4 warps, 1 stage, 128 registers." in text
-    assert "| t64_64_4_1_128_0 | 25.0 (35.0) | 25.0 (35.0) | 0 |" in text
+    assert "| t64_64_4_1_128_0 | 25.0 | 25.0 | 0 |" in text
     assert "| t128_128_8_3_0_0 | - | - | illegal memory access |" in text
+    assert ("| t64_64_8_1_128_0 | 20.0 | - | illegal memory access (at: 122 positions, no "
+            "injection) |") in text
     assert tilings_markdown([{"date": "2026-12-02"}]) == []
     # every tiling failed (as on an H100, 2026-11-27): a table of two columns, and where each failed
     for entry in result["tilings"].values():
         entry.pop("shapes", None)
-        entry.update(error="illegal memory access", at="144 positions, no injection, fp32 weights")
+        entry.update(error="illegal memory access", at="122 positions, with injection")
     table = [line for line in tilings_markdown(windows) if line.startswith("|")]
     assert {line.count("|") for line in table} == {3}, table
-    assert ("| t64_64_4_1_128_0 | illegal memory access (at: 144 positions, no injection, fp32 "
-            "weights) |") in table
+    assert ("| t64_64_4_1_128_0 | illegal memory access (at: 122 positions, with injection) |"
+            in table)
 
 
 def test_bench_maze_measures_the_maze_too_and_the_decision_stays_four_rooms(tmp_path, monkeypatch):

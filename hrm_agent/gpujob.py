@@ -6,9 +6,9 @@ with the machine's own python3 (torch, numpy and tqdm are all it needs), does in
 2. smoke: a few optimizer steps of the paper profile in a subprocess (eager), then
    `bench train --quick` on paper-fourrooms, eager, fast (torch.compile + CUDA graphs) and
    fused (fast, with our Triton kernels: the HRM's gradient-free blocks, AdamATan2, and the
-   SwiGLU's hidden layer where gradient flows); the fast path is kept only
-   if it runs, trains a small fp32 run exactly as the eager path does, and is faster, and the
-   fused one only if it passes the same check and is faster still.
+   SwiGLU's hidden layer where gradient flows); the fast path is kept only if it runs, trains
+   a small fp32 run exactly as the eager path does, and is faster, and the fused one only if
+   it passes the same check and is faster still.
    Before the fused bench, `bench fused` times the block kernel's tilings, and our kernels go
    at the fastest that computes the reference tiling's blocks. The fused bench measures the
    block kernels alone ("fused-blocks"), then all of them ("fused"), keeping what it measured

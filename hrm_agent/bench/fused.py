@@ -163,8 +163,9 @@ def fastest_tiling(result: dict | None, max_diff: float = MAX_DIFF) -> tuple[int
     best = None
     for entry in (result or {}).get("tilings", {}).values():
         shapes = entry.get("shapes")
-        if entry.get("error") or not shapes or not all(row.get("finite") and row.get("max_diff", math.inf) <= max_diff
-                                 and "us_per_pass" in row for row in shapes.values()):
+        timed = shapes and all(row.get("finite") and row.get("max_diff", math.inf) <= max_diff
+                               and "us_per_pass" in row for row in shapes.values())
+        if entry.get("error") or not timed:
             continue
         total = sum(row["us_per_pass"] for row in shapes.values())
         if best is None or total < best[0]:

@@ -7,7 +7,7 @@ import torch
 
 pytest.importorskip("triton")
 
-from hrm_agent.bench.train import CHECK  # noqa: E402
+from hrm_agent.bench.train import CHECK, check_fused_layers_bf16  # noqa: E402
 from hrm_agent.experiment import load_profile  # noqa: E402
 from hrm_agent.models import fused, fused_swiglu  # noqa: E402
 from hrm_agent.models.layers import SwiGLU  # noqa: E402
@@ -63,6 +63,25 @@ def test_an_hrm_segment_with_the_fused_swiglu_has_the_eager_q_and_gradients():
     """In the HRM (every SwiGLU of both levels fused; a training segment's gradient flows through
     the last L and H updates' SwiGLUs), Q and every gradient are the eager segment's."""
     assert_segment_is_eager(DEVICE, fused_swiglu.use_fused_swiglu, H_layers=1, L_layers=1)
+
+
+def test_a_compiled_segment_with_all_our_kernels_has_the_eager_q_and_gradients():
+    """As the fused mode trains: torch.compile's segment with the fused blocks (gradient-free
+    updates) and the fused SwiGLU (the updates with gradient) as opaque ops."""
+    def use_all_and_compile(model):
+        model.use_fused_blocks()
+        fused_swiglu.use_fused_swiglu(model)
+        model.compile()
+
+    assert_segment_is_eager(DEVICE, use_all_and_compile, H_layers=2, L_layers=2)
+
+
+def test_in_bf16_a_block_with_the_fused_swiglu_is_as_close_to_fp32_as_eager():
+    """What the fused mode's bench checks on the GPU before the job trains on it."""
+    check = check_fused_layers_bf16(torch.device(DEVICE), batch=2)
+    assert check["ok"], check
+    assert len(check["mean_errors_fused"]) == 6  # the output, and the gradients at x and 4 weights
+    assert all(e > 0 for e in check["mean_errors_fused"])  # bf16's rounding, not fp32's
 
 
 def test_the_fused_swiglu_refuses_what_it_cannot_run(monkeypatch):

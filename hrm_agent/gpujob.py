@@ -887,4 +887,4 @@ def _bench_row(cells: list[str], eager: dict, fast: dict, fused: dict[str, dict]
               f"{f / e:.1f}x" if e and f else "-",
               f"{fast['effective_GBps']} ({fast['fraction_of_copy_roofline']:.2f})" if f else "-",
               str(fast.get("kernels", {}).get("busy", "-")), ", ".join(checks)]
-    return "| " + " | ".join(cells) + " |"
+    return _row(cells)

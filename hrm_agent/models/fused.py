@@ -30,6 +30,7 @@ from hrm_agent.models.layers import ReasoningModule, RopeTables
 
 RMS_EPS = tl.constexpr(1e-5)  # layers.rms_norm's
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton runs the kernel on the CPU
+_INTERPRET = tl.constexpr(INTERPRET)
 
 
 def require_kernel_device(tensor: Tensor, subject: str) -> None:
@@ -38,7 +39,6 @@ def require_kernel_device(tensor: Tensor, subject: str) -> None:
     if not (tensor.is_cuda or INTERPRET):
         raise ValueError(f"{subject} a CUDA device (or TRITON_INTERPRET=1), the model is on "
                          f"{tensor.device.type}")
-_INTERPRET = tl.constexpr(INTERPRET)
 
 
 @triton.jit

@@ -20,7 +20,7 @@ import triton.language as tl
 from torch import Tensor
 from triton.language.extra import libdevice
 
-from hrm_agent.models.fused import INTERPRET
+from hrm_agent.models.fused import INTERPRET, checked
 
 BLOCK = 1024
 
@@ -68,6 +68,7 @@ def adam_atan2_(p: Tensor, g: Tensor, m: Tensor, v: Tensor, step_size: Tensor, b
     """In place: m <- lerp(m, g, 1-beta1); v <- beta2 v + (1-beta2) g^2; p <- p·decay (when
     given) - step_size·atan2(m, sqrt(v) / bc2_sqrt). p, m, v: contiguous fp32."""
     n = p.numel()
-    _adam_atan2_kernel[(triton.cdiv(n, BLOCK),)](
-        p, g.contiguous(), m, v, step_size, bc2_sqrt, step_size if decay is None else decay, n,
-        1 - beta1, beta2, 1 - beta2, DECAY=decay is not None, BLOCK=BLOCK)
+    with checked(p, lambda: f"AdamATan2's kernel (a parameter of {n} values)"):
+        _adam_atan2_kernel[(triton.cdiv(n, BLOCK),)](
+            p, g.contiguous(), m, v, step_size, bc2_sqrt, step_size if decay is None else decay,
+            n, 1 - beta1, beta2, 1 - beta2, DECAY=decay is not None, BLOCK=BLOCK)

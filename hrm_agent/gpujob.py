@@ -472,15 +472,22 @@ class Job:
         return faster
 
     # -- the queue ------------------------------------------------------------------------
-    def launch(self, run: Run, fast: bool, deadline: float, fused: str = "") -> None:
+    def launch(self, run: Run, fast: bool, deadline: float, fused: str = "",
+               checked: bool = False) -> None:
         """Start `run`'s train process: resumed when its folder holds a checkpoint (carried in,
-        or written before a failed fast try), else fresh."""
+        or written before a failed fast try), else fresh. `checked`: with `CHECK_VAR` set, so
+        that a fault names which of our kernels it surfaced in (a retry after one)."""
         resume = (run.dir / CHECKPOINT).is_file()
         overrides = ([] if resume else run_overrides(run.name, self.toy))
         overrides += PATHS[(fused or "fast") if fast else "eager"]
         cmd = train_command(run.dir, run.name, resume, overrides)
+        env = self.env
+        if checked:
+            from hrm_agent.models.fused import CHECK_VAR  # (triton: only the fused path gets here)
+
+            env = dict(env, **{CHECK_VAR: "1"})
         log = (run.dir / "train.log").open("a")
-        run.process = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=subprocess.STDOUT)
+        run.process = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
         run.state, run.deadline, run.started = "running", deadline, time.monotonic()
         run.fast, run.fused = fast, fused if fast else ""
         path = f" (fast path{', ' + run.fused if run.fused else ''})" if fast else ""
@@ -512,9 +519,9 @@ class Job:
         if run.fast and run.deadline - now > MIN_RUN_S:  # a step down (the module's docstring)
             fused = "fused-blocks" if run.fused == "fused" and self.blocks_fallback else ""
             self.log(f"{run.name}: retrying on the " + (
-                f"fast path with {FUSED[fused]}" if fused else
+                f"fast path with {FUSED[fused]}, each kernel checked" if fused else
                 "fast path without our kernels" if run.fused else "eager path"))
-            self.launch(run, bool(run.fused), run.deadline, fused)
+            self.launch(run, bool(run.fused), run.deadline, fused, checked=bool(fused))
 
     def mirror(self) -> None:
         """Copy what changed into `out`; a failed write (full disk) is logged, the previous

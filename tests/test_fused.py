@@ -221,3 +221,50 @@ def test_the_tiling_in_use_comes_from_its_variable_and_a_bad_one_is_named():
     assert fused.IN_USE == fused.TILING  # here: no variable
     with pytest.raises(ValueError, match="HRM_AGENT_FUSED_TILING='64,64,4,3,0': expected 'query "):
         fused.parse_tiling("64,64,4,3,0")  # a tiling of before the heads
+
+
+class _OnCuda:
+    """What `fused.checked` reads of a tensor, as a CUDA tensor has it."""
+
+    is_cuda, device = True, "cuda:0"
+
+
+def test_a_checked_launch_names_the_kernel_a_fault_surfaced_before_or_in(monkeypatch):
+    """With `CHECK_VAR` set (the GPU job's retry after a fault), a CUDA fault is reported at
+    the kernel it surfaced before or in, not at some later call; never waited for inside a
+    capture; and without it, nothing waits."""
+    waits, capturing, fault = [], [False], [None]
+
+    def synchronize(device):
+        waits.append(device)
+        if fault[0] and len(waits) >= fault[0]:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(torch.cuda, "synchronize", synchronize)
+    monkeypatch.setattr(torch.cuda, "is_current_stream_capturing", lambda: capturing[0])
+    launched = []
+    with fused.checked(_OnCuda(), lambda: "the block kernel"):  # CHECK unset: no waits
+        launched.append(1)
+    assert waits == [] and launched == [1]
+
+    monkeypatch.setattr(fused, "CHECK", True)
+    with fused.checked(_OnCuda(), lambda: "the block kernel"):
+        launched.append(2)
+    assert waits == ["cuda:0", "cuda:0"]
+    capturing[0] = True
+    with fused.checked(_OnCuda(), lambda: "the block kernel"):
+        pass
+    assert len(waits) == 2
+    capturing[0] = False
+    for after, where in ((3, "before"), (4, "in")):
+        waits.clear()
+        fault[0] = after - 2  # the first wait fails (before), or the second (in)
+        with pytest.raises(RuntimeError, match=f"^a CUDA fault {where} the block kernel: CUDA "
+                                               "error: an illegal memory access"):
+            with fused.checked(_OnCuda(), lambda: "the block kernel"):
+                launched.append(after)
+    assert launched == [1, 2, 4]  # a fault before the kernel: it is not launched
+    fault[0] = None
+    with fused.checked(torch.zeros(1), lambda: "the block kernel"):  # CPU (the interpreter)
+        waits.clear()
+    assert waits == []

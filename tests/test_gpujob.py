@@ -76,6 +76,14 @@ def test_a_run_whose_fast_path_fails_goes_on_a_step_down(tmp_path, monkeypatch):
     # on a CPU, CUDA graphs fail at once with a one-line error (exit 2), like a broken fast path
     for path in ("fused", "fused-blocks", "fast"):
         monkeypatch.setitem(gpujob.PATHS, path, ["train.cuda_graphs='on'"])
+    checked, popen = [], subprocess.Popen  # each train process: was it told to check our kernels?
+
+    def spy(cmd, *args, env=None, **kwargs):
+        if "train" in cmd:
+            checked.append((env or {}).get("HRM_AGENT_CHECK_KERNELS"))
+        return popen(cmd, *args, env=env, **kwargs)
+
+    monkeypatch.setattr(subprocess, "Popen", spy)
     info = gpu_job(tmp_path / "out", device="cpu", toy=True, minutes=1.25, runs=RUNS[:1],
                    fast="fused", work=tmp_path / "work")
     summary = info["runs"][RUNS[0]]
@@ -83,10 +91,13 @@ def test_a_run_whose_fast_path_fails_goes_on_a_step_down(tmp_path, monkeypatch):
     assert summary["state"] == "done" and summary["step"] > 0, summary
     log = (tmp_path / "out" / "job.log").read_text()
     assert log.count("failed (exit 2)") == 3 and "needs a CUDA device" in log
-    steps = ["(fast path, fused)", "retrying on the fast path with the fused blocks\n",
+    steps = ["(fast path, fused)", "retrying on the fast path with the fused blocks, each kernel "
+             "checked",
              "(fast path, fused-blocks)", "retrying on the fast path without our kernels",
              "retrying on the eager path"]
     assert [log.index(step) for step in steps] == sorted(log.index(step) for step in steps)
+    # the smoke test, then the run: only its retry on our kernels names where a fault surfaces
+    assert checked == [None, None, "1", None, None]
     assert f"{RUNS[0]}: train.log; the end of its output:" in log  # what the run printed, for a traceback
 
 

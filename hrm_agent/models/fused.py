@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import math
 import os
+from contextlib import contextmanager, nullcontext
+from typing import Callable
 
 import torch
 import triton
@@ -31,6 +33,36 @@ from hrm_agent.models.layers import ReasoningModule, RopeTables
 RMS_EPS = tl.constexpr(1e-5)  # layers.rms_norm's
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton runs the kernel on the CPU
 _INTERPRET = tl.constexpr(INTERPRET)
+
+
+# "1": each of our kernels waits for the device before and after it runs, outside a CUDA graph
+# capture (where waiting is not allowed), so that a fault names the kernel it surfaced in; CUDA
+# reports a fault at some later call otherwise (on an H100, a run's first cuBLAS call once said
+# CUBLAS_STATUS_INTERNAL_ERROR). The GPU job sets it for a run it retries after a failure on our
+# kernels; it slows only what is not replayed from a graph.
+CHECK_VAR = "HRM_AGENT_CHECK_KERNELS"
+CHECK = os.environ.get(CHECK_VAR) == "1"
+
+
+def checked(tensor: Tensor, name: Callable[[], str]):
+    """A context for one launch of our kernel on `tensor`'s device: with `CHECK_VAR` set, a
+    fault before or in it raises a RuntimeError naming `name()` (built only then)."""
+    return _checking(tensor, name) if CHECK and tensor.is_cuda else nullcontext()
+
+
+@contextmanager
+def _checking(tensor: Tensor, name: Callable[[], str]):
+    def wait(where: str) -> None:
+        if torch.cuda.is_current_stream_capturing():
+            return
+        try:
+            torch.cuda.synchronize(tensor.device)
+        except RuntimeError as exc:
+            raise RuntimeError(f"a CUDA fault {where} {name()}: {exc}") from None
+
+    wait("before")
+    yield
+    wait("in")
 
 
 def require_kernel_device(tensor: Tensor, subject: str) -> None:
@@ -270,13 +302,14 @@ def launch(x: Tensor, inj: Tensor | None, wqkv: Tensor, wo: Tensor, wgu: Tensor,
     block_m, block_n, warps, stages, registers, all_heads = tiling
     x, wqkv, wo, wgu, wd = (t.contiguous() for t in (x, wqkv, wo, wgu, wd))
     out = torch.empty_like(x)
-    _block_kernel[(b, triton.cdiv(s, block_m))](
-        x, x if inj is None else inj.contiguous(), out, wqkv, wo, wgu, wd, cos.contiguous(),
-        sin.contiguous(), 1.0 / math.sqrt(d // num_heads), S=s, D=d, HEADS=num_heads,
-        W=wd.shape[1], HAS_INJ=inj is not None, IEEE=x.dtype == torch.float32 or INTERPRET,
-        BLOCK_M=block_m, BLOCK_N=block_n, ALL_HEADS=bool(all_heads), num_warps=warps,
-        num_stages=stages,
-        **({"maxnreg": registers} if registers else {}))
+    with checked(x, lambda: f"the block kernel (tiling {tiling}, x {tuple(x.shape)} {x.dtype}, "
+                            f"{'with' if inj is not None else 'no'} injection)"):
+        _block_kernel[(b, triton.cdiv(s, block_m))](
+            x, x if inj is None else inj.contiguous(), out, wqkv, wo, wgu, wd, cos.contiguous(),
+            sin.contiguous(), 1.0 / math.sqrt(d // num_heads), S=s, D=d, HEADS=num_heads,
+            W=wd.shape[1], HAS_INJ=inj is not None, IEEE=x.dtype == torch.float32 or INTERPRET,
+            BLOCK_M=block_m, BLOCK_N=block_n, ALL_HEADS=bool(all_heads), num_warps=warps,
+            num_stages=stages, **({"maxnreg": registers} if registers else {}))
     return out
 
 

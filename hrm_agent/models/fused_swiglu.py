@@ -19,7 +19,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from hrm_agent.models.fused import INTERPRET, _load_t, _mm, _round, require_kernel_device
+from hrm_agent.models.fused import (INTERPRET, _load_t, _mm, _round, checked,
+                                     require_kernel_device)
 
 BLOCK_M, BLOCK_W = 64, 64  # a program: 64 tokens by 64 of the hidden width
 
@@ -70,9 +71,10 @@ def _hidden_backward_kernel(x_ptr, w_ptr, dh_ptr, dgu_ptr, T, D: tl.constexpr, W
 def _launch(kernel, x: Tensor, w: Tensor, *tensors: Tensor) -> None:
     t, d = x.shape
     width = w.shape[0] // 2
-    kernel[(triton.cdiv(t, BLOCK_M), width // BLOCK_W)](
-        x, w, *tensors, t, D=d, W=width, IEEE=x.dtype == torch.float32 or INTERPRET,
-        BLOCK_M=BLOCK_M, BLOCK_W=BLOCK_W, num_warps=4)
+    with checked(x, lambda: f"the SwiGLU's {kernel.fn.__name__} (x {tuple(x.shape)} {x.dtype})"):
+        kernel[(triton.cdiv(t, BLOCK_M), width // BLOCK_W)](
+            x, w, *tensors, t, D=d, W=width, IEEE=x.dtype == torch.float32 or INTERPRET,
+            BLOCK_M=BLOCK_M, BLOCK_W=BLOCK_W, num_warps=4)
 
 
 def _check(x: Tensor, w: Tensor) -> None:

@@ -17,7 +17,7 @@ PAPERMILL := $(BIN)/papermill --cwd notebooks -k python3 --no-progress-bar
 # Extra papermill arguments for `make figures`, e.g. FIGURE_ARGS="-p num_envs 1024".
 FIGURE_ARGS ?=
 
-.PHONY: setup test test-cuda figures notebooks pretrained bench clean
+.PHONY: setup test test-cuda figures notebooks pretrained bench clean ptxas
 
 setup: $(VENV)/.installed
 
@@ -52,6 +52,19 @@ CUDA_TESTS := tests/test_envs.py tests/test_model.py tests/test_trainer.py tests
 test-cuda:
 	$(PYTHON) -m pytest -o addopts="" -p no:cacheprovider -ra -k "(cuda or fused) and not emulated" \
 	  $(CUDA_TESTS)
+
+# A newer ptxas for a GPU window (`gpu-job --ptxas .ptxas/ptxas.xz`, README "Training on a
+# GPU"): CUDA 13.1's, from PyPI's nvidia-cuda-nvcc wheel (Triton 3.6 bundles 12.8's),
+# xz-compressed to ~10 MB for the window's 64-MiB working tree to carry. Not committed.
+PTXAS_WHEEL ?= nvidia-cuda-nvcc==13.1.80
+ptxas: .ptxas/ptxas.xz
+.ptxas/ptxas.xz:
+	mkdir -p .ptxas
+	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --platform manylinux2014_x86_64 \
+	  --python-version 3.12 --implementation cp -d .ptxas "$(PTXAS_WHEEL)"
+	$(PYTHON) -c "import glob, lzma, zipfile; wheel = zipfile.ZipFile(glob.glob('.ptxas/*.whl')[0]); \
+	  open('.ptxas/ptxas.xz', 'wb').write(lzma.compress(wheel.read('nvidia/cu13/bin/ptxas'), preset=9))"
+	rm .ptxas/*.whl
 
 # The main job: run every notebook in order at CPU-sized defaults; executed copies go to
 # build/notebooks/, figures to figures/.

@@ -75,7 +75,7 @@ def _gpu_job(args: argparse.Namespace) -> None:
     runs = args.runs.split(",") if args.runs else None
     gpu_job(args.out, minutes=args.minutes, runs=runs, parallel=args.parallel,
             carried=args.carried, device=args.device, toy=args.toy, fast=args.fast,
-            work=args.work, bench_maze=args.bench_maze)
+            work=args.work, bench_maze=args.bench_maze, ptxas=args.ptxas)
 
 
 def _gpu_import(args: argparse.Namespace) -> None:
@@ -235,6 +235,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bench-maze", action="store_true",
                    help="measure (as --fast bench) paper-maze too (the decision stays "
                         "paper-fourrooms'); about 2 minutes of the window")
+    p.add_argument("--ptxas", metavar="FILE",
+                   help="the ptxas Triton compiles with (or an .xz of it: `make ptxas` writes "
+                        ".ptxas/ptxas.xz, CUDA 13.1's), if it builds and runs the block kernel")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda",
                    help="cpu: a dry run (with --toy, seconds)")
     p.add_argument("--toy", action="store_true", help="tiny model and batches (the CPU dry run)")

@@ -2,7 +2,8 @@
 
 `python3 -m hrm_agent gpu-job --out $OUT --from pretrained/gpu-runs`, run from the repo root
 with the machine's own python3 (torch, numpy and tqdm are all it needs), does in one go:
-1. report: GPU, torch, triton, and whether triton has a C compiler;
+1. report: GPU, torch, triton, whether triton has a C compiler, and its ptxas (`--ptxas`: a
+   newer one, if it builds and runs the block kernel here);
 2. smoke: a few optimizer steps of the paper profile in a subprocess (eager), then
    `bench train --quick` on paper-fourrooms, eager, fast (torch.compile + CUDA graphs) and
    fused (fast, with our Triton kernels: the HRM's gradient-free blocks, AdamATan2, and the
@@ -16,7 +17,7 @@ with the machine's own python3 (torch, numpy and tqdm are all it needs), does in
    "fused-blocks" once more at the reference tiling, as an H100 trained on them
    (`--bench-maze`: paper-maze too, for the record, ~2 more minutes).
    A window skips both, and gives their minutes to training, when the last window on the
-   same GPU, torch, triton and training code (`windows.jsonl` in `--from`) trained on a
+   same GPU, torch, triton, ptxas and training code (`windows.jsonl` in `--from`) trained on a
    measured fast path without a failure; `--fast bench` measures anew;
 3. the queue, the run with the fewest optimizer steps so far first (ties in `RUNS` order; or
    as `--runs` orders them), so that windows bring all four runs along, not one to its end:
@@ -29,7 +30,8 @@ with the machine's own python3 (torch, numpy and tqdm are all it needs), does in
    four at once would each go at a quarter of the speed, and none would be trained first), and
    all at once on the eager path, where each process leaves the GPU idle between its kernel
    launches. A run whose path fails is restarted a step down from its last checkpoint: all
-   our kernels, the fused blocks alone (if they passed their check), the fast path, eager.
+   our kernels, the fused blocks alone (if they passed their check; each kernel checked, so
+   that a fault names the kernel: `fused.CHECK_VAR`), the fast path, eager.
 While the runs go, everything that must come back is mirrored into `--out`, each file replaced
 atomically, as at most 8 flat files (the GPU machine's return limits): `<run>.pt` (resumable
 checkpoint, no replay), `metrics.jsonl` (every run's records, tagged with `run`), `best.pt`
@@ -39,10 +41,13 @@ files what came back into the repo (`pretrained/gpu-runs/`).
 """
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
+import lzma
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -92,6 +97,18 @@ BENCH_TIMEOUT_S = 360
 FUSED = {"fused-blocks": "the fused blocks",
          "fused": "the fused blocks, AdamATan2 and SwiGLU"}
 TILINGS_TIMEOUT_S = 300  # `bench fused`: its tilings compile in parallel, then ~10 s each
+# `--ptxas`: Triton 3.6 builds every kernel (ours and inductor's) with the ptxas it bundles, CUDA
+# 12.8's. On an H100 our block kernel faulted where it had run before (every tiling of `bench
+# fused`, Reset Z's first learn steps; 2026-11-27), as kernels of many dependent wgmma dots have
+# under ptxas 12.8 and not 13.1 (flash-linear-attention#1262, triton#11366). `make ptxas` puts
+# CUDA 13.1's ptxas (PyPI's nvidia-cuda-nvcc) in .ptxas/, xz-compressed, for a window to carry.
+PTXAS_VAR = "TRITON_PTXAS_PATH"
+PTXAS_CHECK_TIMEOUT_S = 180  # compiles the block kernel's four variants, then runs them
+# Should the reference tiling fail in `bench fused`, its process runs once more under CUDA's
+# compute-sanitizer (memcheck), where the machine has one: its first reports name the kernel
+# and the access that went out of bounds, and of which memory (global or shared).
+SANITIZER_TIMEOUT_S = 150
+SANITIZER_LINES = 40  # of its report, into job.json
 MIN_RUN_S = 30  # a run starts (or, its path failed, restarts a step down) only with this much time left
 # The runs get SIGTERM STOP_S before the budget's end (a paper run checkpointed and exited within
 # ~5 s of it on an H100), and one still going GRACE_S after that is killed: a job overruns its
@@ -123,13 +140,29 @@ def report() -> dict[str, Any]:
                     capability=f"{props.major}.{props.minor}", sms=props.multi_processor_count)
     try:
         import triton
-
-        info["triton"] = triton.__version__
     except ImportError:
         info["triton"] = None
+    else:
+        info["triton"] = triton.__version__
+        try:  # the ptxas it compiles with: its own, or $TRITON_PTXAS_PATH's
+            info["ptxas"] = ptxas_version(triton.knobs.nvidia.ptxas.path)
+        except (AttributeError, RuntimeError):  # a Triton without NVIDIA's backend
+            info["ptxas"] = None
     info["c_compiler"] = triton_c_compiler()
     info["code"] = training_code()
     return info
+
+
+def ptxas_version(path: str | Path) -> str:
+    """The full version of the ptxas at `path` ("12.8.93"); a RuntimeError if it will not say."""
+    try:
+        proc = subprocess.run([str(path), "--version"], capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise RuntimeError(f"{path} does not run: {exc}") from None
+    found = re.search(r"release [\d.]+, V([\d.]+)", proc.stdout)
+    if proc.returncode or not found:
+        raise RuntimeError(f"{path} --version says no ptxas version: {(proc.stdout + proc.stderr)[-200:]!r}")
+    return found.group(1)
 
 
 # Training code the job's process never imports (a run imports it when it asks for it).
@@ -248,8 +281,8 @@ class Run:
 class Job:
     def __init__(self, out: Path, work: Path, runs: list[str], *, minutes: float, parallel: int,
                  carried: Path | None, toy: bool, fast: str, device: str, bench_maze: bool = False,
-                 fewest_steps_first: bool = False):
-        self.out, self.work, self.toy = out, work, toy
+                 fewest_steps_first: bool = False, ptxas: Path | None = None):
+        self.out, self.work, self.toy, self.ptxas = out, work, toy, ptxas
         self.started = time.monotonic()
         self.end = self.started + 60 * minutes
         self.parallel, self.fast, self.device, self.bench_maze = parallel, fast, device, bench_maze
@@ -291,6 +324,44 @@ class Job:
         if (source.parent / METRICS).is_file():
             shutil.copy2(source.parent / METRICS, run_dir / METRICS)
         return Run(name, run_dir, resumed=True, start_step=state["counters"]["global_step"])
+
+    # -- the toolchain ------------------------------------------------------------------
+    def use_ptxas(self, given: Path) -> None:
+        """From here on Triton compiles with the ptxas `given` (or with the one its .xz holds,
+        unpacked into the work folder), if that builds and runs the block kernel on this GPU
+        (`bench fused`'s check at the reference tiling, batch 4: cubins the driver loads, finite
+        blocks); else with its own, and the log says why. The report names the one in use."""
+        from hrm_agent.models.fused import TILING  # (triton: only a GPU window gets here)
+
+        info = self.info["ptxas"] = {"given": str(given)}
+        try:
+            path = given
+            if given.suffix == ".xz":
+                path = self.work / "ptxas"
+                with lzma.open(given) as src, path.open("wb") as dst:
+                    shutil.copyfileobj(src, dst)
+                path.chmod(0o755)
+            info["version"] = ptxas_version(path)
+        except (OSError, lzma.LZMAError, RuntimeError) as exc:
+            info["error"] = f"{type(exc).__name__}: {exc}"
+            self.log(f"--ptxas {given}: {info['error']}; Triton compiles with its own")
+            return
+        self.env[PTXAS_VAR] = str(path)
+        cmd = [sys.executable, "-m", "hrm_agent.bench.fused", *map(str, TILING), "4", "check"]
+        outcome = self.subprocess(cmd, timeout_s=PTXAS_CHECK_TIMEOUT_S)
+        rows = [json.loads(line) for line in outcome.get("stdout", "").splitlines() if line.startswith("{")]
+        finite = bool(rows) and all(row.get("finite") for measured in rows for row in measured.values())
+        if not (outcome["ok"] and finite):
+            del self.env[PTXAS_VAR]
+            info["error"] = outcome.get("reason") or f"blocks not finite: {rows}"
+            self.log(f"--ptxas {given} ({info['version']}): the block kernel failed its check "
+                     f"({info['error']}); Triton compiles with its own")
+            self.log.tail("ptxas check", outcome.get("stderr", ""))
+            return
+        info["ok"] = True
+        self.info["report"]["ptxas"] = info["version"]
+        self.log(f"Triton compiles with ptxas {info['version']} ({given}): it built and ran the "
+                 "block kernel")
 
     # -- smoke and benchmark ------------------------------------------------------------
     def smoke(self) -> dict[str, Any]:
@@ -376,6 +447,33 @@ class Job:
                  + json.dumps(_measured(outcome) or outcome["reason"]) + "; the fused blocks go at "
                  + (tiling_name(tiling) if tiling else "the reference tiling"))
         self.mirror()
+        self.sanitize(_measured(outcome))
+
+    def sanitize(self, result: dict | None) -> None:
+        """If the reference tiling's process failed in `bench fused` (`result`): that process
+        once more under compute-sanitizer's memcheck (`SANITIZER_TIMEOUT_S`), its report into
+        job.json ("sanitizer") and the log."""
+        from hrm_agent.bench.fused import tiling_name
+        from hrm_agent.models.fused import TILING
+
+        entry = (result or {}).get("tilings", {}).get(tiling_name(TILING), {})
+        tool = shutil.which("compute-sanitizer") or next(
+            iter(sorted(glob.glob("/usr/local/cuda*/bin/compute-sanitizer"))), None)
+        left = self.end - time.monotonic() - MIN_RUN_S
+        if "error" not in entry or tool is None or left < MIN_RUN_S:
+            return
+        start, log = time.monotonic(), self.work / "sanitizer.log"
+        cmd = [tool, "--tool", "memcheck", "--print-limit", "4", "--log-file", str(log),
+               sys.executable, "-m", "hrm_agent.bench.fused", *map(str, TILING),
+               str(result["batch"]), "check"]
+        outcome = self.subprocess(cmd, timeout_s=min(SANITIZER_TIMEOUT_S, left))
+        report = log.read_text(errors="replace").splitlines() if log.is_file() else []
+        report = [line for line in report if line.strip("= ")][:SANITIZER_LINES]
+        self.info["sanitizer"] = {"ok": outcome["ok"], "reason": outcome.get("reason"),
+                                  "report": report}
+        self.log(f"compute-sanitizer on the reference tiling ({time.monotonic() - start:.0f} s, "
+                 f"{'no fault' if outcome['ok'] else outcome['reason']}):\n  " + "\n  ".join(report))
+        self.mirror()
 
     def set_tiling(self, tiling: list[int] | tuple[int, ...] | None) -> None:
         """The fused blocks' tiling for the benches and runs to come (None: the reference)."""
@@ -388,8 +486,8 @@ class Job:
             self.env.pop(TILING_VAR, None)
 
     def earlier_verdict(self) -> dict[str, Any] | None:
-        """The last earlier window (in `--from`'s windows.jsonl) on this GPU, torch, triton and
-        training code, if it trained on the fast path by a measured verdict (its own bench's, or
+        """The last earlier window (in `--from`'s windows.jsonl) on this GPU, torch, triton, ptxas
+        and training code, if it trained on the fast path by a measured verdict (its own bench's, or
         one it reused) and no run of it failed: then that verdict stands for this window too."""
         path = self.carried / "windows.jsonl" if self.carried else None
         if path is None or not path.is_file():
@@ -401,7 +499,7 @@ class Job:
             return None
         same = lambda w: (w.get("device") == "cuda" and not w.get("toy") and all(  # noqa: E731
             w.get("report", {}).get(key) == self.info["report"].get(key)
-            for key in ("gpu", "torch", "triton", "code")))
+            for key in ("gpu", "torch", "triton", "ptxas", "code")))
         last = next((w for w in reversed(windows) if same(w)), None)
         failed = last and any(run.get("error") for run in last.get("runs", {}).values())
         return last if last and _measured_fast(last) and not failed else None
@@ -594,6 +692,8 @@ class Job:
     def run(self) -> dict[str, Any]:
         self.log("report: " + json.dumps(self.info["report"]))
         self.mirror()
+        if self.ptxas:
+            self.use_ptxas(self.ptxas)
         fast = self.choose_fast()
         self.info["fast"], self.info["fused"] = fast, self.fused if fast else ""
         self.train(fast)
@@ -608,7 +708,7 @@ class Job:
 def gpu_job(out: str | Path, *, minutes: float = 8.5, runs: list[str] | None = None,
             parallel: int = 0, carried: str | Path | None = None, device: str = "cuda",
             toy: bool = False, fast: str = "auto", work: str | Path | None = None,
-            bench_maze: bool = False) -> dict[str, Any]:
+            bench_maze: bool = False, ptxas: str | Path | None = None) -> dict[str, Any]:
     """Run the job (see the module docstring); returns what `job.json` holds."""
     if device not in ("cuda", "cpu"):
         raise JobError(f"--device must be cuda or cpu, got {device!r}")
@@ -626,6 +726,10 @@ def gpu_job(out: str | Path, *, minutes: float = 8.5, runs: list[str] | None = N
                        f"all at once on the eager path), got {parallel}")
     if carried is not None and not Path(carried).is_dir():
         raise JobError(f"--from {carried} is not a folder")
+    if ptxas is not None and not Path(ptxas).is_file():
+        raise JobError(f"--ptxas {ptxas} is not a file (`make ptxas` writes .ptxas/ptxas.xz)")
+    if ptxas is not None and device != "cuda":
+        raise JobError("--ptxas is for a GPU window (--device cuda): a dry run compiles nothing")
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise JobError(f"--out {out} is not an empty folder")
@@ -639,7 +743,7 @@ def gpu_job(out: str | Path, *, minutes: float = 8.5, runs: list[str] | None = N
         fast = "off"  # inductor's C++ compile costs more than a dry run's minutes
     job = Job(out, work, runs, minutes=minutes, parallel=parallel, toy=toy, device=device,
               carried=Path(carried) if carried else None, fast=fast, bench_maze=bench_maze,
-              fewest_steps_first=balance)
+              fewest_steps_first=balance, ptxas=Path(ptxas) if ptxas else None)
     return job.run()
 
 

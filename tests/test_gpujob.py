@@ -730,7 +730,6 @@ def test_the_queue_runs_in_priority_order_and_a_finished_run_hands_its_place_on(
 
         kill = send_signal
 
-    monkeypatch.setattr(gpujob.subprocess, "Popen", Process)
     monkeypatch.setattr(gpujob, "POLL_S", 0.01)
     monkeypatch.setattr(gpujob, "MIN_RUN_S", 0.0)
     monkeypatch.setattr(gpujob, "STOP_S", 0.0)
@@ -738,6 +737,7 @@ def test_the_queue_runs_in_priority_order_and_a_finished_run_hands_its_place_on(
     (tmp_path / "out").mkdir()
     job = Job(tmp_path / "out", tmp_path / "work", names, minutes=1.0, parallel=0,
               carried=None, toy=True, fast="auto", device="cuda")
+    monkeypatch.setattr(gpujob.subprocess, "Popen", Process)  # (the report ran real ones)
     job.end = time.monotonic() + 0.5
     job.train(fast)
     states = {run.name: run.state for run in job.runs}
@@ -800,3 +800,89 @@ def test_by_default_the_run_with_the_fewest_steps_goes_first(tmp_path, monkeypat
     assert gpu_job(tmp_path / "a", device="cpu", toy=True) == [
         "fourrooms-reset-z", "maze-reset-z", "maze-carry-z", "fourrooms-carry-z"]
     assert gpu_job(tmp_path / "b", device="cpu", toy=True, runs=list(RUNS)) == list(RUNS)
+
+
+def _fake_ptxas(tmp_path, version="13.1.80"):
+    """An executable that answers --version as ptxas does, and an .xz of it."""
+    import lzma
+
+    script = ("#!/bin/sh\necho 'ptxas: NVIDIA (R) Ptx optimizing assembler'\n"
+              f"echo 'Cuda compilation tools, release {version[:4]}, V{version}'\n")
+    (tmp_path / "ptxas.xz").write_bytes(lzma.compress(script.encode()))
+    return tmp_path / "ptxas.xz"
+
+
+@pytest.mark.parametrize("check_passes", [True, False])
+def test_a_given_ptxas_compiles_from_then_on_only_if_it_runs_the_block_kernel(
+        tmp_path, monkeypatch, check_passes):
+    """`--ptxas`: unpacked from its .xz and checked on the block kernel before anything else
+    compiles; one that fails its check (or is no ptxas) leaves Triton its own, and says why."""
+    from hrm_agent.gpujob import PTXAS_VAR
+
+    job = _auto_job(tmp_path, monkeypatch)
+    seen = []
+
+    def check(cmd, timeout_s):
+        seen.append((cmd[1:3], cmd[-2:], job.env.get(PTXAS_VAR)))
+        row = json.dumps({"122 positions, with injection": {"max_diff": 0.0, "finite": True}})
+        return ({"ok": True, "stdout": row + "\n"} if check_passes else
+                {"ok": False, "reason": "RuntimeError: CUDA error: an illegal memory access",
+                 "stderr": "Traceback ..."})
+
+    monkeypatch.setattr(job, "subprocess", check)
+    own = job.info["report"]["ptxas"]
+    job.use_ptxas(_fake_ptxas(tmp_path))
+    unpacked = str(tmp_path / "work" / "ptxas")
+    assert seen == [(["-m", "hrm_agent.bench.fused"], ["4", "check"], unpacked)]
+    assert job.info["ptxas"]["version"] == "13.1.80"
+    log = (tmp_path / "out" / "job.log").read_text()
+    if check_passes:
+        assert job.env[PTXAS_VAR] == unpacked and job.info["report"]["ptxas"] == "13.1.80"
+        assert "Triton compiles with ptxas 13.1.80" in log
+    else:
+        assert PTXAS_VAR not in job.env and job.info["report"]["ptxas"] == own
+        assert "failed its check (RuntimeError: CUDA error: an illegal memory access)" in log
+
+    (tmp_path / "not-ptxas").write_text("#!/bin/sh\necho hello\n")
+    (tmp_path / "not-ptxas").chmod(0o755)
+    job.env.pop(PTXAS_VAR, None)
+    job.use_ptxas(tmp_path / "not-ptxas")
+    assert PTXAS_VAR not in job.env and "says no ptxas version" in job.info["ptxas"]["error"]
+    with pytest.raises(ValueError, match="--ptxas .*missing.xz is not a file"):
+        gpu_job(tmp_path / "o5", device="cpu", toy=True, ptxas=tmp_path / "missing.xz")
+    with pytest.raises(ValueError, match="--ptxas is for a GPU window"):
+        gpu_job(tmp_path / "o6", device="cpu", toy=True, ptxas=tmp_path / "ptxas.xz")
+
+
+def test_a_reference_tiling_that_faults_runs_again_under_compute_sanitizer(tmp_path, monkeypatch):
+    """Where the GPU machine has CUDA's compute-sanitizer, a fault of the reference tiling in
+    `bench fused` comes back with memcheck's report of it: which kernel, which access."""
+    import hrm_agent.gpujob as gpujob
+    from hrm_agent.bench.fused import tiling_name
+    from hrm_agent.models.fused import TILING
+
+    job = _auto_job(tmp_path, monkeypatch)
+    calls = []
+
+    def memcheck(cmd, timeout_s):
+        calls.append(cmd)
+        Path(cmd[cmd.index("--log-file") + 1]).write_text(
+            "========= COMPUTE-SANITIZER\n========= Invalid __shared__ read of size 16 bytes\n"
+            "=========     at _block_kernel+0x1c30\n=========\n")
+        return {"ok": False, "reason": "RuntimeError: CUDA error: an illegal memory access"}
+
+    monkeypatch.setattr(job, "subprocess", memcheck)
+    monkeypatch.setattr(gpujob.shutil, "which", lambda name: f"/cuda/bin/{name}")
+    job.end = time.monotonic() + 600  # a window with minutes to spare
+    reference = {"tiling": list(TILING), "shapes": {}}
+    job.sanitize({"batch": 256, "tilings": {tiling_name(TILING): reference}})
+    assert calls == [] and "sanitizer" not in job.info  # it ran: nothing to look into
+
+    reference["error"] = "RuntimeError: CUDA error: an illegal memory access was encountered"
+    job.sanitize({"batch": 256, "tilings": {tiling_name(TILING): reference}})
+    assert calls[0][:3] == ["/cuda/bin/compute-sanitizer", "--tool", "memcheck"]
+    assert calls[0][-9:] == ["hrm_agent.bench.fused", *map(str, TILING), "256", "check"]
+    assert job.info["sanitizer"]["report"] == [
+        "========= COMPUTE-SANITIZER", "========= Invalid __shared__ read of size 16 bytes",
+        "=========     at _block_kernel+0x1c30"]
+    assert "Invalid __shared__ read" in (tmp_path / "out" / "job.log").read_text()

@@ -63,7 +63,8 @@ ptxas: .ptxas/ptxas.xz
 	$(PYTHON) -m pip download --quiet --no-deps --only-binary=:all: --platform manylinux2014_x86_64 \
 	  --python-version 3.12 --implementation cp -d .ptxas "$(PTXAS_WHEEL)"
 	$(PYTHON) -c "import glob, lzma, zipfile; wheel = zipfile.ZipFile(glob.glob('.ptxas/*.whl')[0]); \
-	  open('.ptxas/ptxas.xz', 'wb').write(lzma.compress(wheel.read('nvidia/cu13/bin/ptxas'), preset=9))"
+	  ptxas = wheel.read('nvidia/cu13/bin/ptxas'); \
+	  open('.ptxas/ptxas.xz', 'wb').write(lzma.compress(ptxas, preset=9))"
 	rm .ptxas/*.whl
 
 # The main job: run every notebook in order at CPU-sized defaults; executed copies go to

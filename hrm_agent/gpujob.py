@@ -161,7 +161,8 @@ def ptxas_version(path: str | Path) -> str:
         raise RuntimeError(f"{path} does not run: {exc}") from None
     found = re.search(r"release [\d.]+, V([\d.]+)", proc.stdout)
     if proc.returncode or not found:
-        raise RuntimeError(f"{path} --version says no ptxas version: {(proc.stdout + proc.stderr)[-200:]!r}")
+        said = (proc.stdout + proc.stderr)[-200:]
+        raise RuntimeError(f"{path} --version says no ptxas version: {said!r}")
     return found.group(1)
 
 
@@ -349,8 +350,9 @@ class Job:
         self.env[PTXAS_VAR] = str(path)
         cmd = [sys.executable, "-m", "hrm_agent.bench.fused", *map(str, TILING), "4", "check"]
         outcome = self.subprocess(cmd, timeout_s=PTXAS_CHECK_TIMEOUT_S)
-        rows = [json.loads(line) for line in outcome.get("stdout", "").splitlines() if line.startswith("{")]
-        finite = bool(rows) and all(row.get("finite") for measured in rows for row in measured.values())
+        lines = outcome.get("stdout", "").splitlines()
+        rows = [row for line in lines if line.startswith("{") for row in json.loads(line).values()]
+        finite = bool(rows) and all(row.get("finite") for row in rows)
         if not (outcome["ok"] and finite):
             del self.env[PTXAS_VAR]
             info["error"] = outcome.get("reason") or f"blocks not finite: {rows}"
@@ -471,8 +473,9 @@ class Job:
         report = [line for line in report if line.strip("= ")][:SANITIZER_LINES]
         self.info["sanitizer"] = {"ok": outcome["ok"], "reason": outcome.get("reason"),
                                   "report": report}
+        verdict = "no fault" if outcome["ok"] else outcome["reason"]
         self.log(f"compute-sanitizer on the reference tiling ({time.monotonic() - start:.0f} s, "
-                 f"{'no fault' if outcome['ok'] else outcome['reason']}):\n  " + "\n  ".join(report))
+                 f"{verdict}):\n  " + "\n  ".join(report))
         self.mirror()
 
     def set_tiling(self, tiling: list[int] | tuple[int, ...] | None) -> None:

@@ -476,3 +476,28 @@ def test_mean_readout_is_the_mean_over_observation_tokens_without_the_task_token
     head = model.lm_head.weight[:4].detach()
     torch.testing.assert_close(q.detach(), z_H[:, 1:].mean(1) @ head.T)
     assert not torch.allclose(q.detach(), z_H.mean(1) @ head.T, atol=1e-4)  # the test can fail
+
+
+def _embedding_grads(weight, ids, embed):
+    weight = weight.detach().requires_grad_()
+    out = embed(weight, ids)
+    grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(out.device)
+    out.backward(grad_out)
+    return out.detach(), weight.grad
+
+
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA"))])
+def test_the_one_hot_embedding_is_the_embedding_and_sums_its_gradient_as_it(device):
+    """On CUDA the HRM embeds with `_OneHotEmbedding` (its weight gradient one one-hot product,
+    not a sort of the ids): the same rows, and the same gradient sums in another order."""
+    weight = torch.randn(131, 64, generator=torch.Generator().manual_seed(0)).to(device)
+    ids = observations(32, FOURROOMS_LEN).to(device)  # most ids repeat many times
+    ids[0, :5] = torch.tensor([0, 130, 130, 7, 0])
+    out, grad = _embedding_grads(weight, ids, layers._OneHotEmbedding.apply)
+    ref_out, ref_grad = _embedding_grads(weight, ids, lambda w, i: torch.nn.functional.embedding(i, w))
+    assert torch.equal(out, ref_out)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-5, atol=1e-5)  # absent ids' rows: 0
+    if device == "cuda":
+        out = layers.embedding(weight.requires_grad_(), ids)
+        assert out.grad_fn.name().endswith("_OneHotEmbeddingBackward")

@@ -31,8 +31,8 @@ from torch import Tensor, nn
 from hrm_agent.config import require
 from hrm_agent.models.base import Carry, QOutput, Seed, check_observations
 from hrm_agent.models.layers import (BACKENDS, ReasoningModule, RotaryEmbedding, compile_kwargs,
-                                     grid_angles, lecun_linear, select_backend, sequence_angles,
-                                     trunc_normal_)
+                                     embedding, grid_angles, lecun_linear, select_backend,
+                                     sequence_angles, trunc_normal_)
 
 VOCAB_SIZE = 131  # paper-notes §1.5: the ASCII codes the observations use, 0..130
 
@@ -149,7 +149,7 @@ class TokenInput:
         replay. (At hidden 64 the scale, 8, is exact on either side of the cast, as the
         authors cast first.)"""
         check_observations(inputs, self.config.seq_len)
-        x = self.embed_tokens(inputs.long())
+        x = embedding(self.embed_tokens.weight, inputs.long())
         if self.task_embedding is not None:
             task = self.task_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
             x = torch.cat((task, x), dim=1)

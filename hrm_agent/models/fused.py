@@ -110,21 +110,20 @@ def _load_t(w_ptr, row0, rows, k, ld: tl.constexpr):
 
 
 @triton.jit
-def _partner(c, HD: tl.constexpr):
-    """The feature that rotate_half pairs feature c with, within c's head (of HD features)."""
-    return (c // HD) * HD + (c % HD + HD // 2) % HD
-
-
-@triton.jit
 def _rope(x, w_ptr, row0, c, d, cos, sin, D: tl.constexpr, HD: tl.constexpr, DT: tl.constexpr,
           IEEE: tl.constexpr):
-    """RoPE of the projection x·W[row0 + c]^T (c: one head's features, or all heads'): the
-    projection times cos plus the projection through each feature's partner's weight row
-    (rotate_half's swap) times the signed sin, as layers.rotate; each product rounded as eager
-    rounds it."""
-    swapped = _round(_mm(x, _load_t(w_ptr, row0, _partner(c, HD), d, D), DT, IEEE), DT)
-    x = _round(_mm(x, _load_t(w_ptr, row0, c, d, D), DT, IEEE), DT)
-    return _round(_round(x * cos, DT) + _round(swapped * sin, DT), DT)
+    """RoPE of the projection q = x·W[row0 + c]^T (c: one head's features, or all heads'), as
+    layers.rotate: q times cos plus rotate_half(q) (each head's two halves swapped) times the
+    signed sin, each product rounded as eager rounds it. The swap is a reshape and permute,
+    which Triton builds for sm_90 from register moves, no shared memory: one matmul, where a
+    second one through the partner features' weight rows took 16 of the reference tiling's
+    68 tensor-core instructions."""
+    q = _round(_mm(x, _load_t(w_ptr, row0, c, d, D), DT, IEEE), DT)
+    M: tl.constexpr = q.shape[0]
+    N: tl.constexpr = q.shape[1]
+    first, second = tl.split(tl.permute(tl.reshape(q, (M, N // HD, 2, HD // 2)), (0, 1, 3, 2)))
+    swapped = tl.reshape(tl.permute(tl.join(second, first), (0, 1, 3, 2)), (M, N))
+    return _round(_round(q * cos, DT) + _round(swapped * sin, DT), DT)
 
 
 @triton.jit

@@ -282,12 +282,16 @@ def _block_kernel(x_ptr, inj_ptr, out_ptr, wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, co
     x = _rms(_round(x + _round(attn, DT), DT), D, DT)
 
     # SwiGLU in 64-wide slices of its hidden width (a multiple of 256), never written to memory;
-    # a loop, not unrolled, so that Triton pipelines the slices' weights into shared memory
+    # a loop, not unrolled, so that Triton pipelines the slices' weights into shared memory. A
+    # slice's gate and up projections are one matmul 128 wide (its gate rows, then its up rows,
+    # W further on), split in registers: half the tensor-core instructions of two 64 wide.
     mlp = tl.zeros((BLOCK_M, D), dtype=tl.float32)
+    both = tl.arange(0, 128)
     for w0 in tl.range(0, W, 64):
         cols = w0 + tl.arange(0, 64)
-        gate = _round(_mm(x, _load_t(wgu_ptr, 0, cols, d, D), DT, IEEE), DT)
-        up = _round(_mm(x, _load_t(wgu_ptr, W, cols, d, D), DT, IEEE), DT)
+        gate_up = _round(_mm(x, _load_t(wgu_ptr, w0, both + (both >= 64) * (W - 64), d, D), DT,
+                             IEEE), DT)
+        gate, up = tl.split(tl.permute(tl.reshape(gate_up, (BLOCK_M, 2, 64)), (0, 2, 1)))
         mlp += _mm(_round(gate * tl.sigmoid(gate), DT) * up, _load_t(wd_ptr, 0, d, cols, W), DT, IEEE)
     x = _rms(_round(x + _round(mlp, DT), DT), D, DT)
     tl.store(out_ptr + base + rows[:, None] * D + d[None, :], x.to(DT), mask=(rows < S)[:, None])

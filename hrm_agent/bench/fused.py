@@ -27,14 +27,14 @@ from hrm_agent.bench import error_line, so_far
 
 # (query rows, key rows, warps, stages, register cap or 0, heads at once). Compiled for sm_90
 # (Triton 3.6, ptxas 12.8) at four-rooms' 122 positions, registers without / with the injection:
-# the reference, (64, 64, 4, 3, 0, 0), 218 / 252 and 72 KB of shared memory: two programs per
+# the reference, (64, 64, 4, 3, 0, 0), 215 / 248 and 72 KB of shared memory: two programs per
 # SM; at 1 or 2 stages 16-48 KB, so that capped at 168 registers three programs fit, at 128 four
-# (four-rooms in one wave), spilling up to 232 and 336 bytes. 128 query rows: one program per
+# (four-rooms in one wave), spilling up to 192 and 320 bytes. 128 query rows: one program per
 # sequence (K and V computed once), two per SM, four-rooms in one wave; 4 warps at 255
-# registers (spilling 40 / 256 bytes), 8 at 128 (184 / 224). 64x64 with 8 warps at 128
+# registers (spilling 72 / 224 bytes), 8 at 128 (112 / 240). 64x64 with 8 warps at 128
 # registers: two per SM (16 warps), each matmul split between two warpgroups. All heads at
-# once: 40 tensor-core instructions per program, not 48, for 238-255 registers (no spill, two
-# per SM), or 176 / 280 bytes spilled at 168 (three). 128x128/8 is left out: it faulted on an
+# once: 36 tensor-core instructions per program, not 40, for 216-250 registers (no spill, two
+# per SM), or 184 / 280 bytes spilled at 168 (three). 128x128/8 is left out: it faulted on an
 # H100.
 TILINGS = [(64, 64, 4, 3, 0, 0), (64, 64, 4, 1, 168, 0), (64, 64, 4, 1, 128, 0),
            (64, 64, 4, 2, 168, 0), (64, 64, 4, 2, 128, 0), (128, 64, 4, 1, 0, 0),

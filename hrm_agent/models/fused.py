@@ -110,20 +110,33 @@ def _load_t(w_ptr, row0, rows, k, ld: tl.constexpr):
 
 
 @triton.jit
-def _rope(x, w_ptr, row0, c, d, cos, sin, D: tl.constexpr, HD: tl.constexpr, DT: tl.constexpr,
-          IEEE: tl.constexpr):
-    """RoPE of the projection q = x·W[row0 + c]^T (c: one head's features, or all heads'), as
-    layers.rotate: q times cos plus rotate_half(q) (each head's two halves swapped) times the
-    signed sin, each product rounded as eager rounds it. The swap is a reshape and permute,
-    which Triton builds for sm_90 from register moves, no shared memory: one matmul, where a
-    second one through the partner features' weight rows took 16 of the reference tiling's
-    68 tensor-core instructions."""
-    q = _round(_mm(x, _load_t(w_ptr, row0, c, d, D), DT, IEEE), DT)
+def _rotate(q, cos, sin, HD: tl.constexpr, DT: tl.constexpr):
+    """RoPE of projections q (rows, heads·HD), as layers.rotate: q times cos plus
+    rotate_half(q) (each head's two halves swapped) times the signed sin, each product rounded
+    as eager rounds it. The swap is a reshape and permute, which Triton builds for sm_90 from
+    register moves, no shared memory (a second matmul, through the weight rows of each
+    feature's partner, took 16 of the reference tiling's 68 tensor-core instructions)."""
     M: tl.constexpr = q.shape[0]
     N: tl.constexpr = q.shape[1]
     first, second = tl.split(tl.permute(tl.reshape(q, (M, N // HD, 2, HD // 2)), (0, 1, 3, 2)))
     swapped = tl.reshape(tl.permute(tl.join(second, first), (0, 1, 3, 2)), (M, N))
     return _round(_round(q * cos, DT) + _round(swapped * sin, DT), DT)
+
+
+@triton.jit
+def _projection(x, w_ptr, row0, c, d, D: tl.constexpr, DT: tl.constexpr, IEEE: tl.constexpr):
+    """x·W[row0 + c]^T, rounded to the compute dtype as a Linear's output is."""
+    return _round(_mm(x, _load_t(w_ptr, row0, c, d, D), DT, IEEE), DT)
+
+
+@triton.jit
+def _two_projections(x, w_ptr, row0, gap, N: tl.constexpr, d, D: tl.constexpr,
+                     DT: tl.constexpr, IEEE: tl.constexpr):
+    """`_projection`s onto rows row0 + [0, N) and row0 + gap + [0, N) of W, as one matmul 2N
+    wide split in registers: half the tensor-core instructions of two, each twice as wide."""
+    c = tl.arange(0, 2 * N)
+    both = _projection(x, w_ptr, row0, c + (c >= N) * (gap - N), d, D, DT, IEEE)
+    return tl.split(tl.permute(tl.reshape(both, (both.shape[0], 2, N)), (0, 2, 1)))
 
 
 @triton.jit
@@ -174,7 +187,7 @@ def _attention_by_head(x, x_ptr, inj_ptr, base, rows, wqkv_ptr, wo_ptr, cos_ptr,
     cos_q, sin_q = _load_table(cos_ptr, rows, j, S, HD), _load_table(sin_ptr, rows, j, S, HD)
     attn = tl.zeros((BLOCK_M, D), dtype=tl.float32)
     for h in tl.static_range(HEADS):
-        q = _rope(x, wqkv_ptr, h * HD, j, d, cos_q, sin_q, D, HD, DT, IEEE)
+        q = _rotate(_projection(x, wqkv_ptr, h * HD, j, d, D, DT, IEEE), cos_q, sin_q, HD, DT)
         top = tl.full((BLOCK_M,), float("-inf"), dtype=tl.float32)
         total = tl.zeros((BLOCK_M,), dtype=tl.float32)
         out = tl.zeros((BLOCK_M, HD), dtype=tl.float32)
@@ -182,8 +195,8 @@ def _attention_by_head(x, x_ptr, inj_ptr, base, rows, wqkv_ptr, wo_ptr, cos_ptr,
             keys = n0 + tl.arange(0, BLOCK_N)
             x_k = _load_rows(x_ptr, inj_ptr, base, keys, d, S, D, HAS_INJ, DT)
             cos_k, sin_k = _load_table(cos_ptr, keys, j, S, HD), _load_table(sin_ptr, keys, j, S, HD)
-            k = _rope(x_k, wqkv_ptr, D + h * HD, j, d, cos_k, sin_k, D, HD, DT, IEEE)
-            v = _mm(x_k, _load_t(wqkv_ptr, 2 * D + h * HD, j, d, D), DT, IEEE)
+            k, v = _two_projections(x_k, wqkv_ptr, D + h * HD, D, HD, d, D, DT, IEEE)
+            k = _rotate(k, cos_k, sin_k, HD, DT)
             top, total, out = _softmax_step(q, k, v, keys, top, total, out, sm_scale, S, DT, IEEE)
         attn += _mm(out / total[:, None], _load_t(wo_ptr, 0, d, h * HD + j, D), DT, IEEE)
     return attn
@@ -203,7 +216,7 @@ def _attention_all_heads(x, x_ptr, inj_ptr, base, rows, wqkv_ptr, wo_ptr, cos_pt
     head = (d // HD)[None, :]
     hid = tl.arange(0, HEADS)[None, :]
     cos_q, sin_q = _load_table(cos_ptr, rows, d, S, HD), _load_table(sin_ptr, rows, d, S, HD)
-    q = _rope(x, wqkv_ptr, 0, d, d, cos_q, sin_q, D, HD, DT, IEEE)
+    q = _rotate(_projection(x, wqkv_ptr, 0, d, d, D, DT, IEEE), cos_q, sin_q, HD, DT)
     top = tl.full((BLOCK_M, HEADS), float("-inf"), dtype=tl.float32)
     total = tl.zeros((BLOCK_M, HEADS), dtype=tl.float32)
     out = tl.zeros((BLOCK_M, D), dtype=tl.float32)
@@ -211,8 +224,8 @@ def _attention_all_heads(x, x_ptr, inj_ptr, base, rows, wqkv_ptr, wo_ptr, cos_pt
         keys = n0 + tl.arange(0, BLOCK_N)
         x_k = _load_rows(x_ptr, inj_ptr, base, keys, d, S, D, HAS_INJ, DT)
         cos_k, sin_k = _load_table(cos_ptr, keys, d, S, HD), _load_table(sin_ptr, keys, d, S, HD)
-        k = _rope(x_k, wqkv_ptr, D, d, d, cos_k, sin_k, D, HD, DT, IEEE)
-        v = _mm(x_k, _load_t(wqkv_ptr, 2 * D, d, d, D), DT, IEEE)
+        k, v = _two_projections(x_k, wqkv_ptr, D, D, D, d, D, DT, IEEE)
+        k = _rotate(k, cos_k, sin_k, HD, DT)
         for h in tl.static_range(HEADS):
             scores = _mm(tl.where(head == h, q, 0.0), tl.trans(k), DT, IEEE) * sm_scale
             scores = tl.where((keys < S)[None, :], scores, float("-inf"))
@@ -282,16 +295,11 @@ def _block_kernel(x_ptr, inj_ptr, out_ptr, wqkv_ptr, wo_ptr, wgu_ptr, wd_ptr, co
     x = _rms(_round(x + _round(attn, DT), DT), D, DT)
 
     # SwiGLU in 64-wide slices of its hidden width (a multiple of 256), never written to memory;
-    # a loop, not unrolled, so that Triton pipelines the slices' weights into shared memory. A
-    # slice's gate and up projections are one matmul 128 wide (its gate rows, then its up rows,
-    # W further on), split in registers: half the tensor-core instructions of two 64 wide.
+    # a loop, not unrolled, so that Triton pipelines the slices' weights into shared memory
     mlp = tl.zeros((BLOCK_M, D), dtype=tl.float32)
-    both = tl.arange(0, 128)
     for w0 in tl.range(0, W, 64):
         cols = w0 + tl.arange(0, 64)
-        gate_up = _round(_mm(x, _load_t(wgu_ptr, w0, both + (both >= 64) * (W - 64), d, D), DT,
-                             IEEE), DT)
-        gate, up = tl.split(tl.permute(tl.reshape(gate_up, (BLOCK_M, 2, 64)), (0, 2, 1)))
+        gate, up = _two_projections(x, wgu_ptr, w0, W, 64, d, D, DT, IEEE)
         mlp += _mm(_round(gate * tl.sigmoid(gate), DT) * up, _load_t(wd_ptr, 0, d, cols, W), DT, IEEE)
     x = _rms(_round(x + _round(mlp, DT), DT), D, DT)
     tl.store(out_ptr + base + rows[:, None] * D + d[None, :], x.to(DT), mask=(rows < S)[:, None])

@@ -53,7 +53,8 @@ class _OneHotEmbedding(torch.autograd.Function):
         (ids,) = ctx.saved_tensors
         ids = ids.reshape(1, -1)
         one_hot = (torch.arange(ctx.vocab, device=ids.device)[:, None] == ids).to(grad.dtype)
-        return one_hot @ grad.reshape(-1, grad.shape[-1]), None
+        with torch.autocast(grad.device.type, enabled=False):  # the sums in the grad's dtype
+            return one_hot @ grad.reshape(-1, grad.shape[-1]), None
 
 
 def embedding(weight: Tensor, ids: Tensor) -> Tensor:

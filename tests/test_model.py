@@ -479,10 +479,12 @@ def test_mean_readout_is_the_mean_over_observation_tokens_without_the_task_token
 
 
 def _embedding_grads(weight, ids, embed):
+    """`embed`'s output and weight gradient, the backward run under bf16 autocast."""
     weight = weight.detach().requires_grad_()
     out = embed(weight, ids)
     grad_out = torch.randn(out.shape, generator=torch.Generator().manual_seed(2)).to(out.device)
-    out.backward(grad_out)
+    with torch.autocast(out.device.type, dtype=torch.bfloat16):
+        out.backward(grad_out)
     return out.detach(), weight.grad
 
 
@@ -490,7 +492,8 @@ def _embedding_grads(weight, ids, embed):
     not torch.cuda.is_available(), reason="needs CUDA"))])
 def test_the_one_hot_embedding_is_the_embedding_and_sums_its_gradient_as_it(device):
     """On CUDA the HRM embeds with `_OneHotEmbedding` (its weight gradient one one-hot product,
-    not a sort of the ids): the same rows, and the same gradient sums in another order."""
+    not a sort of the ids): the same rows, and the same gradient sums in another order, in
+    fp32 even under autocast."""
     weight = torch.randn(131, 64, generator=torch.Generator().manual_seed(0)).to(device)
     ids = observations(32, FOURROOMS_LEN).to(device)  # most ids repeat many times
     ids[0, :5] = torch.tensor([0, 130, 130, 7, 0])

@@ -12,7 +12,7 @@ Both are *capturable*: the step counts live on the parameters' device (float64, 
 corrections round as Python's floats would) and `lr` may be a 0-d tensor there, so a step reads
 nothing back to the host and can be replayed inside a CUDA graph. The updates run as `foreach`
 ops over all parameters at once, except atan2, which has no foreach form (one kernel each);
-`AdamATan2(fused=True)` runs each parameter's whole update as one Triton kernel instead
+`AdamATan2(fused=True)` runs every parameter's whole update as one Triton kernel instead
 (fused_optim.py; CUDA).
 """
 from __future__ import annotations
@@ -76,8 +76,7 @@ class AdamATan2(torch.optim.Optimizer):
                     decay = 1 - lr * wd
                     if not isinstance(decay, Tensor):
                         decay = torch.full((), decay, dtype=torch.float64, device=params[0].device)
-                for p, g, m_i, v_i, s_i, c_i in zip(params, grads, m, v, step_size, bc2_sqrt):
-                    adam_atan2_(p, g, m_i, v_i, s_i, c_i, decay, beta1, beta2)
+                adam_atan2_(params, grads, m, v, step_size, bc2_sqrt, decay, beta1, beta2)
                 continue
             torch._foreach_lerp_(m, grads, 1 - beta1)
             torch._foreach_mul_(v, beta2)

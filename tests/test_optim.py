@@ -309,7 +309,7 @@ from triton.backends.compiler import GPUTarget
 from hrm_agent import fused_optim
 signature = dict.fromkeys(("p_ptr", "g_ptr", "m_ptr", "v_ptr"), "*fp32")
 signature.update(dict.fromkeys(("step_size_ptr", "bc2_sqrt_ptr", "decay_ptr"), "*fp64"))
-signature.update(n="i32", **dict.fromkeys(("lerp_weight", "beta2", "one_minus_beta2"), "fp32"))
+signature.update(table_ptr="*i32", **dict.fromkeys(("lerp_weight", "beta2", "one_minus_beta2"), "fp32"))
 for decay in (True, False):
     constants = dict(DECAY=decay, BLOCK=fused_optim.BLOCK)
     source = triton.compiler.ASTSource(

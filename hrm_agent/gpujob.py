@@ -332,6 +332,7 @@ class Job:
         unpacked into the work folder), if that builds and runs the block kernel on this GPU
         (`bench fused`'s check at the reference tiling, batch 4: cubins the driver loads, finite
         blocks); else with its own, and the log says why. The report names the one in use."""
+        from hrm_agent.bench.fused import command
         from hrm_agent.models.fused import TILING  # (triton: only a GPU window gets here)
 
         info = self.info["ptxas"] = {"given": str(given)}
@@ -348,8 +349,7 @@ class Job:
             self.log(f"--ptxas {given}: {info['error']}; Triton compiles with its own")
             return
         self.env[PTXAS_VAR] = str(path)
-        cmd = [sys.executable, "-m", "hrm_agent.bench.fused", *map(str, TILING), "4", "check"]
-        outcome = self.subprocess(cmd, timeout_s=PTXAS_CHECK_TIMEOUT_S)
+        outcome = self.subprocess(command(TILING, 4, "check"), timeout_s=PTXAS_CHECK_TIMEOUT_S)
         lines = outcome.get("stdout", "").splitlines()
         rows = [row for line in lines if line.startswith("{") for row in json.loads(line).values()]
         finite = bool(rows) and all(row.get("finite") for row in rows)
@@ -455,7 +455,7 @@ class Job:
         """If the reference tiling's process failed in `bench fused` (`result`): that process
         once more under compute-sanitizer's memcheck (`SANITIZER_TIMEOUT_S`), its report into
         job.json ("sanitizer") and the log."""
-        from hrm_agent.bench.fused import tiling_name
+        from hrm_agent.bench.fused import command, tiling_name
         from hrm_agent.models.fused import TILING
 
         entry = (result or {}).get("tilings", {}).get(tiling_name(TILING), {})
@@ -466,8 +466,7 @@ class Job:
             return
         start, log = time.monotonic(), self.work / "sanitizer.log"
         cmd = [tool, "--tool", "memcheck", "--print-limit", "4", "--log-file", str(log),
-               sys.executable, "-m", "hrm_agent.bench.fused", *map(str, TILING),
-               str(result["batch"]), "check"]
+               *command(TILING, result["batch"], "check")]
         outcome = self.subprocess(cmd, timeout_s=min(SANITIZER_TIMEOUT_S, left))
         report = log.read_text(errors="replace").splitlines() if log.is_file() else []
         report = [line for line in report if line.strip("= ")][:SANITIZER_LINES]

@@ -203,7 +203,7 @@ def test_a_tiling_that_faults_keeps_the_shapes_it_measured_and_says_where_it_sto
               "file=sys.stderr); print('torch.AcceleratorError: CUDA error: an illegal memory "
               "access was encountered', file=sys.stderr); print('Compile with TORCH_USE_CUDA_DSA',"
               " file=sys.stderr); sys.exit(1)")
-    monkeypatch.setattr(bench, "_command", lambda *args: [sys.executable, "-c", script])
+    monkeypatch.setattr(bench, "command", lambda *args: [sys.executable, "-c", script])
     entry = bench.run(tilings=[(64, 64, 4, 3, 0, 0)])["tilings"]["64x64, 4 warps, 3 stages"]
     assert entry == {"tiling": [64, 64, 4, 3, 0, 0],
                      "shapes": {"122 positions, with injection": {"max_diff": 0.0, "finite": True}},

@@ -112,7 +112,8 @@ def tiling_name(tiling) -> str:
             + (", heads at once" if all_heads else ""))
 
 
-def _command(tiling: tuple[int, ...], batch: int, what: str) -> list[str]:
+def command(tiling: tuple[int, ...], batch: int, what: str) -> list[str]:
+    """The process that measures ("time"), checks or compiles `tiling` at `batch` (`measure`)."""
     return [sys.executable, "-m", "hrm_agent.bench.fused", *map(str, tiling), str(batch), what]
 
 
@@ -124,7 +125,7 @@ def run(quick: bool = False, tilings: list[tuple[int, ...]] | None = None) -> di
     batch = (64 if quick else 256) if cuda else 1
     env = dict(os.environ, **({} if cuda else {"TRITON_INTERPRET": "1"}))
     if cuda:  # compile every tiling at once (Triton caches them); their timing one at a time
-        warm = [subprocess.Popen(_command(t, batch, "compile"), env=env, stdout=subprocess.DEVNULL,
+        warm = [subprocess.Popen(command(t, batch, "compile"), env=env, stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL) for t in tilings]
         for proc in warm:
             try:
@@ -137,7 +138,7 @@ def run(quick: bool = False, tilings: list[tuple[int, ...]] | None = None) -> di
     for tiling in tilings:
         result = results[tiling_name(tiling)] = {"tiling": list(tiling)}
         try:
-            proc = subprocess.run(_command(tiling, batch, "time" if cuda else "check"), env=env,
+            proc = subprocess.run(command(tiling, batch, "time" if cuda else "check"), env=env,
                                   capture_output=True, text=True, timeout=TIMEOUT_S)
         except subprocess.TimeoutExpired:
             result["error"] = f"no result in {TIMEOUT_S} s"

@@ -103,6 +103,5 @@ def adam_atan2_(params: list[Tensor], grads: list[Tensor], m: list[Tensor], v: l
             step_sizes if decay is None else decay, table, 1 - beta1, beta2, 1 - beta2,
             DECAY=decay is not None, BLOCK=BLOCK)
     targets = [*params, *m, *v]
-    flats = [part for flat, ts in ((flat_p, params), (flat_m, m), (flat_v, v))
-             for part in flat.split(sizes)]
+    flats = [part for flat in (flat_p, flat_m, flat_v) for part in flat.split(sizes)]
     torch._foreach_copy_(targets, [part.view_as(t) for part, t in zip(flats, targets)])

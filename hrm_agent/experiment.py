@@ -101,7 +101,7 @@ class TrainConfig:
     # the HRM's gradient-free updates as one Triton kernel per block; "auto": on CUDA, where
     # the model is an HRM the kernel runs (triton, power-of-two widths)
     fused_blocks: Literal["auto", "on", "off"] = "auto"
-    # AdamATan2's update as one Triton kernel per parameter; "auto": on CUDA, where triton is
+    # AdamATan2's update as one Triton kernel for all parameters; "auto": on CUDA, where triton is
     fused_optimizer: Literal["auto", "on", "off"] = "auto"
     # the SwiGLUs' hidden layer as one Triton kernel forward and one backward, which never store
     # the gate/up output; "auto": on CUDA, where triton runs the model's SwiGLUs

@@ -83,7 +83,7 @@ def resolve_device(name: str) -> torch.device:
 # The training paths as --set overrides (`bench train`'s modes, `gpu-job --fast`): "fast" is
 # torch.compile plus, on CUDA, CUDA graphs; "fused" is "fast" with every Triton kernel of our own:
 # the HRM's gradient-free updates as one kernel per block (`models/fused.py`), AdamATan2's update
-# as one per parameter (`fused_optim.py`), and in the blocks that carry gradient the SwiGLUs'
+# as one for all parameters (`fused_optim.py`), and in the blocks that carry gradient the SwiGLUs'
 # hidden layer (`fused_swiglu.py`); their attention stays SDPA's (cuDNN's flash attention on an
 # H100, whose backward took a fifth of the time of a Triton one of ours, since removed);
 # "fused-blocks" with the block kernels only, as an H100 trained on them (the GPU job's
